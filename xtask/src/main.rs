@@ -1,2 +1,42 @@
-//! Build tasks.
-fn main() {}
+//! `cargo xtask <task>`: everything that is not `cargo build`: the guest
+//! kernel, initramfs and rootfs images, the test and benchmark drivers.
+
+mod bench;
+mod images;
+mod kernel;
+mod setup;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Krypton build and test tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing, build everything and run the main job.
+    Run,
+    /// Install what is missing and run every test (what CI runs).
+    Test,
+    /// Build (or reuse from the cache) the guest kernel.
+    Kernel(kernel::KernelArgs),
+    /// Build the initramfs (agent as /init) and the default rootfs image.
+    Images,
+    /// Run the benchmarks and print ratios against their peers.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Run => setup::run_main_job(),
+        Task::Test => test::run_all(),
+        Task::Kernel(args) => kernel::build(&args).map(|_| ()),
+        Task::Images => images::build_all().map(|_| ()),
+        Task::Bench(args) => bench::run(&args),
+    }
+}
