@@ -43,12 +43,60 @@ pub const I8042_CMD_PORT: u16 = 0x64;
 /// Number of IOAPIC pins.
 pub const IOAPIC_PINS: u8 = 24;
 
+/// Boot structures in low RAM (all below [`EBDA_START`], none touching 0x7c00
+/// so that a real-mode boot-sector style test guest can load there):
+///
+/// ```text
+/// 0x0500  GDT (6 entries: null, code32 0x08, code64 0x10, data 0x18, TSS 0x20/0x28)
+/// 0x0530  IDT (one zero entry, limit 7)
+/// 0x1000  PVH hvm_start_info, 0x1040 modlist, 0x1100..0x2000 memmap
+/// 0x2000  zero page (Linux boot_params, 4 KiB)
+/// 0x3000  kernel command line (up to 0x4000 bytes, NUL included)
+/// 0x8ff0  initial stack pointer for long-mode entry (grows down)
+/// 0x9000  PML4, 0xa000 PDPT, 0xb000..0xf000 four page directories
+/// 0x9fc00 MP floating pointer + configuration table (EBDA, reserved in e820)
+/// ```
+pub const GDT_START: u64 = 0x500;
+/// Number of 8-byte GDT slots written by the loaders.
+pub const GDT_ENTRIES: usize = 6;
+/// IDT base (one zero descriptor).
+pub const IDT_START: u64 = 0x530;
+/// PVH `hvm_start_info` (RBX/EBX at PVH entry).
+pub const PVH_INFO_START: u64 = 0x1000;
+/// PVH module list (initrd).
+pub const PVH_MODLIST_START: u64 = 0x1040;
+/// PVH memory map.
+pub const PVH_MEMMAP_START: u64 = 0x1100;
+/// Most PVH memmap entries that fit before [`ZERO_PAGE_START`].
+pub const PVH_MEMMAP_MAX: usize = ((ZERO_PAGE_START - PVH_MEMMAP_START) / 24) as usize;
+/// Linux zero page (`boot_params`, RSI at 64-bit entry).
+pub const ZERO_PAGE_START: u64 = 0x2000;
+/// Kernel command line.
+pub const CMDLINE_START: u64 = 0x3000;
+/// Space reserved for the command line, NUL included.
+pub const CMDLINE_MAX_SIZE: u64 = 0x4000;
+/// Initial RSP/RBP for long-mode entry.
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+/// Long-mode PML4 (CR3).
+pub const PML4_START: u64 = 0x9000;
+/// Long-mode page-directory-pointer table.
+pub const PDPTE_START: u64 = 0xa000;
+/// First of four page directories (2 MiB pages, identity map of 4 GiB).
+pub const PDE_START: u64 = 0xb000;
+/// Start of the reserved EBDA / last KiB of base memory; holds the MP table.
+pub const EBDA_START: u64 = 0x9_fc00;
+/// End of the legacy hole (VGA, option ROMs, BIOS): reserved up to here.
+pub const LEGACY_HOLE_END: u64 = HIMEM_START;
+
 /// Guest RAM regions for `mem_size` bytes: (start, size) pairs, low then high.
 pub fn ram_regions(mem_size: u64) -> Vec<(u64, u64)> {
     if mem_size <= MMIO_HOLE_START {
         vec![(0, mem_size)]
     } else {
-        vec![(0, MMIO_HOLE_START), (MMIO_HOLE_END, mem_size - MMIO_HOLE_START)]
+        vec![
+            (0, MMIO_HOLE_START),
+            (MMIO_HOLE_END, mem_size - MMIO_HOLE_START),
+        ]
     }
 }
 
@@ -64,7 +112,13 @@ mod tests {
     #[test]
     fn large_memory_skips_the_hole() {
         let r = ram_regions(4 << 30);
-        assert_eq!(r, vec![(0, MMIO_HOLE_START), (MMIO_HOLE_END, (4 << 30) - MMIO_HOLE_START)]);
+        assert_eq!(
+            r,
+            vec![
+                (0, MMIO_HOLE_START),
+                (MMIO_HOLE_END, (4 << 30) - MMIO_HOLE_START)
+            ]
+        );
         assert_eq!(r.iter().map(|(_, s)| s).sum::<u64>(), 4 << 30);
     }
 }
