@@ -4,10 +4,14 @@
 //! any host.
 
 pub mod bus;
+pub mod debug_exit;
 pub mod event;
 pub mod exit;
+pub mod i8042;
 pub mod interrupt;
+pub mod ioapic;
 pub mod ratelimit;
+pub mod serial;
 pub mod virtio;
 
 /// Guest memory as every device sees it.
