@@ -7,6 +7,11 @@
 //! interrupts through [`VirtioInterrupt`], which the transport implements
 //! (InterruptStatus bits plus the IOAPIC line).
 
+pub mod mmio;
+#[cfg(test)]
+#[allow(dead_code)] // Some helpers serve only the device tests.
+mod test_utils;
+
 use std::sync::Arc;
 
 use crate::GuestMem;
