@@ -2,6 +2,7 @@
 //! kernel, initramfs and rootfs images, the test and benchmark drivers.
 
 mod bench;
+mod cache;
 mod images;
 mod kernel;
 mod setup;
