@@ -11,6 +11,7 @@ pub mod mmio;
 #[cfg(test)]
 #[allow(dead_code)] // Some helpers serve only the device tests.
 mod test_utils;
+pub mod vsock;
 
 use std::sync::Arc;
 
