@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use crate::bzimage::BzImageError;
 use crate::elf::ElfError;
+use crate::mptable::MptableError;
 
 /// Why a guest image could not be loaded or its entry state built.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,9 @@ pub enum BootError {
     /// The bzImage is malformed or unsupported.
     #[error("bad bzImage kernel")]
     BzImage(#[source] BzImageError),
+    /// The MP table could not be built.
+    #[error("cannot build the MP table")]
+    Mptable(#[source] MptableError),
     /// A range to write lies (partly) outside guest RAM.
     #[error("{what} at {addr:#x}..{end:#x} is outside guest RAM", end = addr.saturating_add(*len))]
     OutOfGuestMemory {

@@ -10,13 +10,16 @@
 //! - Guest addresses of every boot structure: [`layout`].
 
 pub mod bzimage;
+pub mod cmdline;
 pub mod cpu;
 pub mod elf;
 pub mod entry;
 mod error;
+pub mod kernel;
 pub mod layout;
 pub mod memmap;
 mod memory;
+pub mod mptable;
 pub mod pvh;
 pub mod test_guest;
 #[cfg(test)]

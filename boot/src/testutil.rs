@@ -121,3 +121,49 @@ pub fn build_elf(s: &ElfSpec<'_>) -> Vec<u8> {
     b.extend_from_slice(s.code);
     b
 }
+
+/// Fields of a synthetic bzImage.
+pub struct BzSpec {
+    pub setup_sects: u8,
+    pub syssize_paras: u32,
+    pub version: u16,
+    pub xloadflags: u16,
+    pub cmdline_size: u32,
+    pub init_size: u32,
+    pub initrd_addr_max: u32,
+}
+
+impl Default for BzSpec {
+    fn default() -> Self {
+        BzSpec {
+            setup_sects: 2,
+            syssize_paras: 64,
+            version: 0x020f,
+            xloadflags: 0x3,
+            cmdline_size: 2047,
+            init_size: 0x10_0000,
+            initrd_addr_max: 0x7fff_ffff,
+        }
+    }
+}
+
+/// A bzImage with a real-looking setup header and a patterned payload.
+pub fn build_bzimage(s: &BzSpec) -> Vec<u8> {
+    let setup = (usize::from(s.setup_sects) + 1) * 512;
+    let mut b = vec![0u8; setup];
+    b[0x1f1] = s.setup_sects;
+    b[0x1f4..0x1f8].copy_from_slice(&s.syssize_paras.to_le_bytes());
+    b[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    b[0x202..0x206].copy_from_slice(b"HdrS");
+    b[0x206..0x208].copy_from_slice(&s.version.to_le_bytes());
+    b[0x211] = 0x01; // LOADED_HIGH
+    b[0x22c..0x230].copy_from_slice(&s.initrd_addr_max.to_le_bytes());
+    b[0x230..0x234].copy_from_slice(&0x20_0000u32.to_le_bytes()); // kernel_alignment
+    b[0x234] = 1; // relocatable
+    b[0x236..0x238].copy_from_slice(&s.xloadflags.to_le_bytes());
+    b[0x238..0x23c].copy_from_slice(&s.cmdline_size.to_le_bytes());
+    b[0x258..0x260].copy_from_slice(&0x100_0000u64.to_le_bytes()); // pref_address
+    b[0x260..0x264].copy_from_slice(&s.init_size.to_le_bytes());
+    b.extend((0..s.syssize_paras as usize * 16).map(|i| (i % 251) as u8));
+    b
+}
