@@ -1,4 +1,9 @@
 //! Krypton's VMM crate: the hypervisor layer (`hv`), the single vCPU loop,
 //! the bus, the VM builder and the CLI. `main.rs` only calls [`cli::main`].
 
+pub mod bus;
+pub mod emulator;
 pub mod hv;
+pub mod machine;
+pub mod selftest;
+pub mod vcpu;

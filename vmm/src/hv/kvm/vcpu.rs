@@ -109,9 +109,16 @@ impl Vcpu for KvmVcpu {
         let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
         RUN_PTR.with(|p| p.set(run_ptr));
         if self.kick.requested.swap(false, Ordering::SeqCst) {
+            RUN_PTR.with(|p| p.set(std::ptr::null_mut()));
             return Ok(VcpuExit::Canceled);
         }
-        let exit = match self.fd.run() {
+        let result = self.fd.run();
+        // Never leave the pointer set outside `run`: the vCPU (and its
+        // kvm_run mapping) may be dropped before this thread exits, and a
+        // late kick must not write to an unmapped page. A kick that lands
+        // between runs is caught by `requested` at the next `run`.
+        RUN_PTR.with(|p| p.set(std::ptr::null_mut()));
+        let exit = match result {
             Ok(exit) => classify(&exit),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 self.fd.set_kvm_immediate_exit(0);
