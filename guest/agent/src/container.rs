@@ -1,0 +1,224 @@
+//! The container init (`krypton-agent __container-init`): PID 1 of the
+//! container's pid namespace. It builds the container's mounts, hostname
+//! and loopback, forks the workload, forwards signals to it, reaps every
+//! zombie and exits when the workload does.
+//!
+//! It talks to the agent over the report pipe (fd 4), one line each:
+//! `ok` (the workload exec'd), `err <code> <message>` (it did not), and
+//! `status <raw wait status>` (how the workload ended).
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use krypton_protocol::{ExecRequest, Message};
+
+use crate::spawn::{CONFIG_FD, REPORT_FD};
+use crate::sys::{check, cstr, mount, ptr_array};
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn report(out: &mut File, line: &str) {
+    let _ = out.write_all(format!("{line}\n").as_bytes());
+}
+
+/// Entry point; never returns.
+pub fn main() -> ! {
+    // SAFETY: fd 4 is the report pipe handed over by spawn; owned from here.
+    let mut out = unsafe { File::from_raw_fd(REPORT_FD) };
+    let _ = crate::sys::set_cloexec(REPORT_FD);
+    let code = match run(&mut out) {
+        Ok(code) => code,
+        Err(e) => {
+            report(&mut out, &format!("err 125 {}", one_line(&format!("{e:#}"))));
+            125
+        }
+    };
+    std::process::exit(code)
+}
+
+fn one_line(s: &str) -> String {
+    s.replace('\n', " ")
+}
+
+fn read_config() -> Result<ExecRequest> {
+    // SAFETY: fd 3 is the config pipe handed over by spawn; owned from here.
+    let mut f = unsafe { File::from_raw_fd(CONFIG_FD) };
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).context("read config")?;
+    match krypton_protocol::read_message(&mut buf.as_slice()).context("decode config")? {
+        Message::Exec(e) => Ok(e),
+        other => bail!("unexpected config {other:?}"),
+    }
+}
+
+/// Everything the forked workload needs, prepared before the fork.
+struct Workload {
+    candidates: Vec<CString>,
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    cwd: CString,
+    uid: u32,
+    gid: u32,
+    tty: bool,
+}
+
+fn prepare(req: &ExecRequest) -> Result<Workload> {
+    let argv = req.argv.iter().map(cstr).collect::<Result<Vec<_>>>()?;
+    let env = req.env.iter().map(cstr).collect::<Result<Vec<_>>>()?;
+    let prog = &req.argv[0];
+    let candidates = if prog.contains('/') {
+        vec![cstr(prog)?]
+    } else {
+        let path = req
+            .env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or(DEFAULT_PATH);
+        path.split(':')
+            .map(|d| if d.is_empty() { "." } else { d })
+            .map(|d| cstr(format!("{d}/{prog}")))
+            .collect::<Result<Vec<_>>>()?
+    };
+    let cwd = cstr(if req.cwd.is_empty() { "/" } else { &req.cwd })?;
+    Ok(Workload { candidates, argv, env, cwd, uid: req.uid, gid: req.gid, tty: req.tty })
+}
+
+fn setup(req: &ExecRequest) -> Result<()> {
+    // Nothing we mount may propagate back to the agent's namespace.
+    mount("", "/", "", libc::MS_REC | libc::MS_PRIVATE, "")?;
+    let host = if req.hostname.is_empty() { "krypton" } else { &req.hostname };
+    crate::sys::sethostname(host)?;
+    if let Err(e) = crate::sys::loopback_up() {
+        log::warn!("{e:#}");
+    }
+    if req.rootfs.is_empty() {
+        // Keep the agent's root, but show only this pid namespace.
+        mount("proc", "/proc", "proc", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, "")?;
+    } else {
+        crate::rootfs::enter(&req.rootfs)?;
+    }
+    Ok(())
+}
+
+fn run(out: &mut File) -> Result<i32> {
+    let req = read_config()?;
+    setup(&req)?;
+    let w = prepare(&req)?;
+    // Block everything: the workload unblocks, we take signals with
+    // sigwaitinfo and forward them.
+    // SAFETY: sigset manipulation on a local.
+    // SAFETY: sigset_t is plain data; all-zero is valid before sigfillset.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `all` is a valid sigset.
+    unsafe { libc::sigfillset(&mut all) };
+    // SAFETY: as above; the old mask is not needed.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut()) };
+    let (mut status_r, status_w) = crate::sys::pipe()?;
+    // SAFETY: we are single-threaded (fresh exec), so fork is safe.
+    let pid = check(unsafe { libc::fork() }).context("fork workload")?;
+    if pid == 0 {
+        drop(status_r);
+        exec_workload(&w, status_w);
+    }
+    drop(status_w);
+    // Our copies of the stdio must not keep pipes or the pty open.
+    for fd in 0..3 {
+        // SAFETY: closing our stdio; nothing here uses it afterwards.
+        unsafe { libc::close(fd) };
+    }
+    let mut failure = String::new();
+    let _ = status_r.read_to_string(&mut failure);
+    if let Some((code, msg)) = failure.split_once(' ') {
+        report(out, &format!("err {code} {}", one_line(msg)));
+    } else {
+        report(out, "ok");
+    }
+    let raw = supervise(pid, &all);
+    report(out, &format!("status {raw}"));
+    let status = crate::sys::wait_status(raw);
+    Ok(status.code())
+}
+
+/// Forwards signals to `pid` and reaps until it exits; its raw status.
+fn supervise(pid: libc::pid_t, all: &libc::sigset_t) -> libc::c_int {
+    loop {
+        // SAFETY: all is a valid sigset; info may be null.
+        let sig = unsafe { libc::sigwaitinfo(all, std::ptr::null_mut()) };
+        if sig == libc::SIGCHLD {
+            loop {
+                let mut st = 0;
+                // SAFETY: st is a valid out pointer.
+                let r = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
+                if r == pid {
+                    return st;
+                }
+                if r <= 0 {
+                    break;
+                }
+            }
+        } else if sig > 0 {
+            // SAFETY: kill has no memory effects.
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+}
+
+/// In the forked workload: session, tty, signals, user, cwd, exec.
+#[expect(
+    clippy::multiple_unsafe_ops_per_block,
+    reason = "one block of raw process-state syscalls in the forked child"
+)]
+fn exec_workload(w: &Workload, mut status: File) -> ! {
+    let fail = |status: &mut File, code: i32, msg: String| -> ! {
+        let _ = status.write_all(format!("{code} {msg}").as_bytes());
+        std::process::exit(code)
+    };
+    // SAFETY: plain process-state syscalls in the freshly forked child.
+    unsafe {
+        libc::setsid();
+        if w.tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+            fail(&mut status, 125, format!("TIOCSCTTY: {}", std::io::Error::last_os_error()));
+        }
+        for sig in 1..32 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        if libc::setgroups(0, std::ptr::null()) < 0
+            || libc::setgid(w.gid) < 0
+            || libc::setuid(w.uid) < 0
+        {
+            fail(&mut status, 125, format!("set user: {}", std::io::Error::last_os_error()));
+        }
+        if libc::chdir(w.cwd.as_ptr()) < 0 {
+            let e = std::io::Error::last_os_error();
+            fail(&mut status, 125, format!("chdir {:?}: {e}", w.cwd));
+        }
+    }
+    let argv = ptr_array(&w.argv);
+    let envp = ptr_array(&w.env);
+    let mut last = libc::ENOENT;
+    let mut denied = false;
+    for c in &w.candidates {
+        // SAFETY: valid NUL-terminated arrays of valid C strings.
+        unsafe { libc::execve(c.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        last = std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::ENOENT);
+        match last {
+            libc::ENOENT | libc::ENOTDIR => {}
+            libc::EACCES => denied = true,
+            _ => break,
+        }
+    }
+    let prog = Path::new(std::ffi::OsStr::from_bytes(w.argv[0].as_bytes())).display().to_string();
+    let err = std::io::Error::from_raw_os_error(if denied { libc::EACCES } else { last });
+    let code = if !denied && matches!(last, libc::ENOENT | libc::ENOTDIR) { 127 } else { 126 };
+    fail(&mut status, code, format!("{prog}: {err}"))
+}

@@ -1,0 +1,187 @@
+//! Container root filesystem: an ext4 block device or image file (through
+//! a loop device) mounted read-only, an overlay with a tmpfs upper layer,
+//! minimal /dev, /proc, /sys, /tmp, then `pivot_root`.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, symlink};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+use crate::sys::{check, mount, umount2};
+
+const LOOP_SET_FD: libc::c_ulong = 0x4C00;
+const LOOP_SET_STATUS64: libc::c_ulong = 0x4C04;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LO_FLAGS_READ_ONLY: u32 = 1;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+
+#[repr(C)]
+struct LoopInfo64 {
+    device: u64,
+    inode: u64,
+    rdevice: u64,
+    offset: u64,
+    sizelimit: u64,
+    number: u32,
+    encrypt_type: u32,
+    encrypt_key_size: u32,
+    flags: u32,
+    file_name: [u8; 64],
+    crypt_name: [u8; 64],
+    encrypt_key: [u8; 32],
+    init: [u64; 2],
+}
+
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+/// Attaches `image` to a free loop device (read-only, auto-clearing on
+/// last close/unmount) and returns the device path.
+fn attach_loop(image: &Path) -> Result<String> {
+    let backing = File::open(image).with_context(|| format!("open {}", image.display()))?;
+    let ctl = OpenOptions::new().read(true).write(true).open("/dev/loop-control")
+        .context("open /dev/loop-control")?;
+    for _ in 0..16 {
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument.
+        let n = check(unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE) })
+            .context("LOOP_CTL_GET_FREE")?;
+        let path = format!("/dev/loop{n}");
+        let dev = File::open(&path).with_context(|| format!("open {path}"))?;
+        // SAFETY: all-zero is a valid LoopConfig.
+        let mut cfg: LoopConfig = unsafe { std::mem::zeroed() };
+        cfg.fd = backing.as_raw_fd() as u32;
+        cfg.info.flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR;
+        // SAFETY: cfg is a valid loop_config for LOOP_CONFIGURE.
+        let r = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE, &cfg) };
+        if r == 0 {
+            return Ok(path);
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EBUSY) => continue, // raced with another user
+            Some(libc::EINVAL) | Some(libc::ENOTTY) => {
+                // Kernel before 5.8: LOOP_SET_FD + LOOP_SET_STATUS64.
+                // SAFETY: LOOP_SET_FD takes the backing fd.
+                if unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_SET_FD, backing.as_raw_fd()) } < 0 {
+                    if std::io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY) {
+                        continue;
+                    }
+                    bail!("LOOP_SET_FD {path}: {}", std::io::Error::last_os_error());
+                }
+                // SAFETY: cfg.info is a valid loop_info64.
+                check(unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_SET_STATUS64, &cfg.info) })
+                    .context("LOOP_SET_STATUS64")?;
+                return Ok(path);
+            }
+            _ => bail!("LOOP_CONFIGURE {path}: {err}"),
+        }
+    }
+    bail!("no free loop device")
+}
+
+fn mkdir(p: &Path) -> Result<()> {
+    fs::create_dir_all(p).with_context(|| format!("mkdir {}", p.display()))
+}
+
+/// Builds the container root under a private tmpfs at `/tmp` and pivots
+/// into it. Runs in the container init, in its new mount namespace.
+pub fn enter(rootfs: &str) -> Result<()> {
+    let src = Path::new(rootfs);
+    let meta = fs::metadata(src).with_context(|| format!("rootfs {rootfs}"))?;
+    let device = if meta.file_type().is_block_device() {
+        rootfs.to_owned()
+    } else if meta.is_file() {
+        attach_loop(src)?
+    } else {
+        bail!("rootfs {rootfs} is neither a block device nor an image file");
+    };
+    let stage = Path::new("/tmp");
+    mount("krypton-stage", stage, "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=0700")?;
+    let (lower, upper, work, root) =
+        (stage.join("lower"), stage.join("upper"), stage.join("work"), stage.join("root"));
+    for d in [&lower, &upper, &work, &root] {
+        mkdir(d)?;
+    }
+    mount(&device, &lower, "ext4", libc::MS_RDONLY, "")?;
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    mount("overlay", &root, "overlay", 0, &opts)?;
+    populate(&root)?;
+    pivot(&root)
+}
+
+/// Mounts /proc, /dev, /sys and /tmp inside `root`.
+fn populate(root: &Path) -> Result<()> {
+    let nosuid = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    mkdir(&root.join("proc"))?;
+    mount("proc", root.join("proc"), "proc", nosuid, "")?;
+    mkdir(&root.join("sys"))?;
+    if let Err(e) = mount("sysfs", root.join("sys"), "sysfs", nosuid | libc::MS_RDONLY, "") {
+        log::warn!("{e:#}");
+    }
+    mkdir(&root.join("tmp"))?;
+    mount("tmpfs", root.join("tmp"), "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=1777")?;
+    let dev = root.join("dev");
+    mkdir(&dev)?;
+    mount("tmpfs", &dev, "tmpfs", libc::MS_NOSUID | libc::MS_NOEXEC, "mode=0755")?;
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let host = Path::new("/dev").join(name);
+        if !host.exists() {
+            continue;
+        }
+        let node = dev.join(name);
+        File::create(&node).with_context(|| format!("create {}", node.display()))?;
+        mount(&host.to_string_lossy(), &node, "", libc::MS_BIND, "")?;
+    }
+    mkdir(&dev.join("pts"))?;
+    mount(
+        "devpts",
+        dev.join("pts"),
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=0620",
+    )?;
+    mkdir(&dev.join("shm"))?;
+    mount("shm", dev.join("shm"), "tmpfs", nosuid, "mode=1777")?;
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        symlink(target, dev.join(link)).with_context(|| format!("symlink /dev/{link}"))?;
+    }
+    Ok(())
+}
+
+/// `pivot_root(".", ".")` then detach the old root; falls back to
+/// `MS_MOVE` + `chroot` where pivot_root is refused (initramfs root).
+fn pivot(root: &Path) -> Result<()> {
+    std::env::set_current_dir(root).with_context(|| format!("chdir {}", root.display()))?;
+    // SAFETY: "." is a valid C string for both arguments.
+    let r = unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) };
+    if r == 0 {
+        umount2(".", libc::MNT_DETACH)?;
+    } else {
+        let e = std::io::Error::last_os_error();
+        log::debug!("pivot_root refused ({e}), using MS_MOVE + chroot");
+        mount(".", "/", "", libc::MS_MOVE, "")?;
+        // SAFETY: valid C string.
+        check(unsafe { libc::chroot(c".".as_ptr()) }).context("chroot")?;
+    }
+    std::env::set_current_dir("/").context("chdir /")?;
+    Ok(())
+}
