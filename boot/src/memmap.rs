@@ -84,3 +84,75 @@ pub fn regions_of(mem: &vm_memory::GuestMemoryMmap) -> Vec<(u64, u64)> {
     v.sort_unstable();
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::{MMIO_HOLE_END, MMIO_HOLE_START, ram_regions};
+
+    #[test]
+    fn map_reserves_ebda_and_legacy_hole() {
+        let map = memory_map(&ram_regions(128 << 20)).expect("map");
+        assert_eq!(
+            map,
+            vec![
+                MemmapEntry {
+                    addr: 0,
+                    size: 0x9_fc00,
+                    kind: MemType::Ram
+                },
+                MemmapEntry {
+                    addr: 0x9_fc00,
+                    size: 0x6_0400,
+                    kind: MemType::Reserved
+                },
+                MemmapEntry {
+                    addr: 0x10_0000,
+                    size: (128 << 20) - 0x10_0000,
+                    kind: MemType::Ram
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn map_skips_the_mmio_hole() {
+        let map = memory_map(&ram_regions(6 << 30)).expect("map");
+        assert_eq!(map.len(), 4);
+        assert_eq!(
+            map[2],
+            MemmapEntry {
+                addr: 0x10_0000,
+                size: MMIO_HOLE_START - 0x10_0000,
+                kind: MemType::Ram
+            }
+        );
+        assert_eq!(
+            map[3],
+            MemmapEntry {
+                addr: MMIO_HOLE_END,
+                size: (6 << 30) - MMIO_HOLE_START,
+                kind: MemType::Ram
+            }
+        );
+        let ram: u64 = map
+            .iter()
+            .filter(|e| e.kind == MemType::Ram)
+            .map(|e| e.size)
+            .sum();
+        assert_eq!(ram, (6 << 30) - (0x10_0000 - 0x9_fc00));
+    }
+
+    #[test]
+    fn bad_layouts_are_errors() {
+        for bad in [
+            vec![],
+            vec![(0x1000, 64 << 20)],
+            vec![(0, 1 << 20)],
+            vec![(0, 64 << 20), (32 << 20, 4096)],
+            vec![(0, 64 << 20), (u64::MAX - 1, 16)],
+        ] {
+            assert!(memory_map(&bad).is_err(), "{bad:x?}");
+        }
+    }
+}

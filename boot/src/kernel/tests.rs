@@ -357,3 +357,46 @@ fn parse_kernel_image_survives_mutations() {
         }
     }
 }
+
+/// Loads a real kernel named by KRYPTON_TEST_VMLINUX / KRYPTON_TEST_BZIMAGE
+/// (e.g. the xtask kernel build output) through every protocol.
+#[test]
+fn real_kernel_images_load_when_available() {
+    let mut ran = false;
+    for var in ["KRYPTON_TEST_VMLINUX", "KRYPTON_TEST_BZIMAGE"] {
+        let Some(path) = std::env::var_os(var) else {
+            eprintln!("{var} not set: skipping the real-kernel load check");
+            continue;
+        };
+        ran = true;
+        let bytes = std::fs::read(&path).expect("read kernel");
+        let kind = parse_kernel_image(&bytes).expect("parse real kernel");
+        let m = mem(256 << 20);
+        let mut cfg = KernelConfig::new(ImageSource::File(path.into()), 2, ram_regions(256 << 20));
+        cfg.initrd = Some(ImageSource::Bytes(vec![1; 1 << 20]));
+        match kind {
+            KernelKind::Elf(img) => {
+                assert_eq!(img.class, crate::elf::ElfClass::Elf64);
+                let pvh = img.pvh_entry.expect("our vmlinux has a PVH note");
+                let s = load_kernel(&m, &cfg).expect("PVH load");
+                assert_eq!((s.regs.rip, s.regs.rbx), (u64::from(pvh), PVH_INFO_START));
+                cfg.protocol = BootProtocol::ForceLinux64;
+                let s = load_kernel(&m, &cfg).expect("64-bit load");
+                assert_eq!(s.regs.rip, img.entry);
+                assert!(img.end() < 64 << 20, "kernel ends at {:#x}", img.end());
+            }
+            KernelKind::BzImage(bz) => {
+                assert!(bz.header.version >= 0x020c);
+                let s = load_kernel(&m, &cfg).expect("bzImage load");
+                assert_eq!(s.regs.rip, 0x10_0200);
+                let zp = read(&m, ZERO_PAGE_START, 4096);
+                assert_eq!(u32_at(&zp, 0x238), 2047, "cmdline_size of a 6.1 kernel");
+            }
+        }
+    }
+    if !ran {
+        eprintln!(
+            "no real kernel given; set KRYPTON_TEST_VMLINUX / KRYPTON_TEST_BZIMAGE to run this check"
+        );
+    }
+}
