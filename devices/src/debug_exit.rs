@@ -56,7 +56,10 @@ mod tests {
     fn every_size_is_little_endian() {
         assert_eq!(write(&[0x21]), Some(GuestExit::DebugExit(0x21)));
         assert_eq!(write(&[0x34, 0x12]), Some(GuestExit::DebugExit(0x1234)));
-        assert_eq!(write(&[0x78, 0x56, 0x34, 0x12]), Some(GuestExit::DebugExit(0x1234_5678)));
+        assert_eq!(
+            write(&[0x78, 0x56, 0x34, 0x12]),
+            Some(GuestExit::DebugExit(0x1234_5678))
+        );
     }
 
     #[test]

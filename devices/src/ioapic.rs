@@ -181,7 +181,11 @@ impl Ioapic {
             r if (REG_REDTBL_BASE..REG_REDTBL_BASE + 2 * NUM_PINS as u32).contains(&r) => {
                 let idx = r - REG_REDTBL_BASE;
                 let entry = self.redir[(idx / 2) as usize].0;
-                if idx & 1 == 0 { entry as u32 } else { (entry >> 32) as u32 }
+                if idx & 1 == 0 {
+                    entry as u32
+                } else {
+                    (entry >> 32) as u32
+                }
             }
             r => {
                 warn_ratelimited!("ioapic: read of nonexistent register {r:#x}");
@@ -257,7 +261,10 @@ struct IoapicPin {
 
 impl IrqLine for IoapicPin {
     fn set_level(&self, asserted: bool) {
-        self.ioapic.lock().unwrap_or_else(PoisonError::into_inner).set_irq(self.pin, asserted);
+        self.ioapic
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set_irq(self.pin, asserted);
     }
 }
 
@@ -266,7 +273,10 @@ pub fn ioapic_pin(ioapic: &Arc<Mutex<Ioapic>>, pin: u8) -> Arc<dyn IrqLine> {
     if usize::from(pin) >= NUM_PINS {
         warn_ratelimited!("ioapic: line for nonexistent pin {pin} will be ignored");
     }
-    Arc::new(IoapicPin { ioapic: Arc::clone(ioapic), pin })
+    Arc::new(IoapicPin {
+        ioapic: Arc::clone(ioapic),
+        pin,
+    })
 }
 
 #[cfg(test)]

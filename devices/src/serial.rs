@@ -45,7 +45,9 @@ impl Serial {
     /// A UART raising `irq` and writing guest output to `out`. vm-superio
     /// flushes `out` after every byte, so nothing is held back on exit.
     pub fn new(irq: Arc<dyn IrqLine>, out: Box<dyn Write + Send>) -> Serial {
-        Serial { uart: vm_superio::Serial::new(IrqTrigger(irq), out) }
+        Serial {
+            uart: vm_superio::Serial::new(IrqTrigger(irq), out),
+        }
     }
 
     /// Queues host input for the guest. Returns how many bytes fitted in the
@@ -118,14 +120,21 @@ pub struct PanicWatch<W: Write> {
 
 impl<W: Write> std::fmt::Debug for PanicWatch<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PanicWatch").field("seen", &self.seen).finish_non_exhaustive()
+        f.debug_struct("PanicWatch")
+            .field("seen", &self.seen)
+            .finish_non_exhaustive()
     }
 }
 
 impl<W: Write> PanicWatch<W> {
     /// Wraps `inner`; a panic line requests an exit through `exit`.
     pub fn new(inner: W, exit: Arc<ExitSignal>) -> Self {
-        PanicWatch { inner, exit, line: Vec::with_capacity(LINE_BUFFER), seen: false }
+        PanicWatch {
+            inner,
+            exit,
+            line: Vec::with_capacity(LINE_BUFFER),
+            seen: false,
+        }
     }
 
     /// The wrapped writer.
@@ -134,7 +143,9 @@ impl<W: Write> PanicWatch<W> {
     }
 
     fn line_has_marker(&self) -> bool {
-        self.line.windows(PANIC_MARKER.len()).any(|w| w == PANIC_MARKER)
+        self.line
+            .windows(PANIC_MARKER.len())
+            .any(|w| w == PANIC_MARKER)
     }
 
     fn scan(&mut self, bytes: &[u8]) {

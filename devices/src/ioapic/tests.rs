@@ -49,7 +49,10 @@ fn version_register_reports_24_pins_and_version_0x20() {
 fn pins_start_masked() {
     let (rec, mut io) = setup();
     for pin in 0..NUM_PINS as u32 {
-        assert_eq!(read_reg(&mut io, REG_REDTBL_BASE + 2 * pin) & (1 << 16), 1 << 16);
+        assert_eq!(
+            read_reg(&mut io, REG_REDTBL_BASE + 2 * pin) & (1 << 16),
+            1 << 16
+        );
     }
     io.set_irq(4, true);
     assert!(rec.take().is_empty());
@@ -62,7 +65,13 @@ fn edge_pin_delivers_on_rising_edge_only() {
     io.set_irq(4, true);
     io.set_irq(4, true);
     io.set_irq(4, false);
-    assert_eq!(rec.take(), vec![Msi { address: 0xfee0_0000, data: 0x31 }]);
+    assert_eq!(
+        rec.take(),
+        vec![Msi {
+            address: 0xfee0_0000,
+            data: 0x31
+        }]
+    );
     io.set_irq(4, true);
     io.set_irq(4, false);
     assert_eq!(rec.take().len(), 1);
@@ -125,7 +134,11 @@ fn masked_level_pin_is_remembered_and_delivered_on_unmask() {
 #[test]
 fn remote_irr_and_delivery_status_are_read_only() {
     let (_, mut io) = setup();
-    write_reg(&mut io, REG_REDTBL_BASE, 0x20 | (1 << 14) | (1 << 12) | (1 << 16));
+    write_reg(
+        &mut io,
+        REG_REDTBL_BASE,
+        0x20 | (1 << 14) | (1 << 12) | (1 << 16),
+    );
     assert_eq!(read_reg(&mut io, REG_REDTBL_BASE), 0x20 | (1 << 16));
 }
 
@@ -136,7 +149,10 @@ fn msi_fields_follow_the_redirection_entry() {
     program(&mut io, 1, 0x99 | (1 << 8) | (1 << 11), 0x0f);
     io.set_irq(1, true);
     let msi = rec.take()[0];
-    assert_eq!(msi.address, 0xfee0_0000 | (0x0f << 12) | (1 << 3) | (1 << 2));
+    assert_eq!(
+        msi.address,
+        0xfee0_0000 | (0x0f << 12) | (1 << 3) | (1 << 2)
+    );
     assert_eq!(msi.data, 0x99 | (1 << 8));
     // NMI delivery mode, physical destination 3.
     program(&mut io, 2, 0x02 | (4 << 8), 3);
@@ -166,7 +182,9 @@ fn bad_pins_registers_and_sizes_are_harmless() {
 #[test]
 fn ioapic_pin_line_drives_the_shared_ioapic() {
     let rec = Arc::new(Recorder::default());
-    let io = Arc::new(Mutex::new(Ioapic::new(Arc::clone(&rec) as Arc<dyn MsiSink>)));
+    let io = Arc::new(Mutex::new(
+        Ioapic::new(Arc::clone(&rec) as Arc<dyn MsiSink>),
+    ));
     program(&mut io.lock().expect("lock"), 4, 0x24, 0);
     let line = ioapic_pin(&io, 4);
     line.pulse();

@@ -108,7 +108,8 @@ fn watch() -> (Arc<ExitSignal>, PanicWatch<SharedBuf>, SharedBuf) {
 #[test]
 fn panic_line_requests_exit_and_passes_bytes_through() {
     let (exit, mut w, buf) = watch();
-    w.write_all(b"booting\n[ 1.0] Kernel panic - not syn").expect("write");
+    w.write_all(b"booting\n[ 1.0] Kernel panic - not syn")
+        .expect("write");
     assert_eq!(exit.get(), None);
     for b in b"cing: VFS: Unable to mount root fs\n" {
         w.write_all(&[*b]).expect("byte write");
@@ -120,7 +121,8 @@ fn panic_line_requests_exit_and_passes_bytes_through() {
 #[test]
 fn no_exit_without_the_marker() {
     let (exit, mut w, _) = watch();
-    w.write_all(b"Kernel panic - not\nsyncing\n").expect("write");
+    w.write_all(b"Kernel panic - not\nsyncing\n")
+        .expect("write");
     assert_eq!(exit.get(), None);
 }
 

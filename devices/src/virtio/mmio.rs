@@ -20,7 +20,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use virtio_bindings::virtio_config::{VIRTIO_F_VERSION_1, VIRTIO_F_ACCESS_PLATFORM};
+use virtio_bindings::virtio_config::{VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 
@@ -124,7 +124,10 @@ pub const VALID_TRANSITIONS: &[(u32, u32)] = &[
     (0, ACKNOWLEDGE),
     (ACKNOWLEDGE, ACKNOWLEDGE | DRIVER),
     (ACKNOWLEDGE | DRIVER, ACKNOWLEDGE | DRIVER | FEATURES_OK),
-    (ACKNOWLEDGE | DRIVER | FEATURES_OK, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK),
+    (
+        ACKNOWLEDGE | DRIVER | FEATURES_OK,
+        ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+    ),
 ];
 
 /// Feature bits the transport itself always offers.
@@ -143,7 +146,9 @@ pub struct MmioInterrupt {
 
 impl std::fmt::Debug for MmioInterrupt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MmioInterrupt").field("status", &self.status).finish_non_exhaustive()
+        f.debug_struct("MmioInterrupt")
+            .field("status", &self.status)
+            .finish_non_exhaustive()
     }
 }
 
@@ -202,12 +207,18 @@ impl MmioTransport {
         let queues = device
             .queue_max_sizes()
             .iter()
-            .map(|&max_size| QueueConfig { max_size, ..QueueConfig::default() })
+            .map(|&max_size| QueueConfig {
+                max_size,
+                ..QueueConfig::default()
+            })
             .collect();
         MmioTransport {
             device,
             mem,
-            interrupt: Arc::new(MmioInterrupt { status: AtomicU32::new(0), irq }),
+            interrupt: Arc::new(MmioInterrupt {
+                status: AtomicU32::new(0),
+                irq,
+            }),
             notify: Arc::new(Event::new()),
             status: 0,
             device_features_sel: 0,
@@ -269,7 +280,10 @@ impl MmioTransport {
         self.queue_sel = 0;
         self.shm_sel = 0;
         for q in &mut self.queues {
-            *q = QueueConfig { max_size: q.max_size, ..QueueConfig::default() };
+            *q = QueueConfig {
+                max_size: q.max_size,
+                ..QueueConfig::default()
+            };
         }
         self.interrupt.status.store(0, Ordering::SeqCst);
     }
@@ -322,14 +336,16 @@ impl MmioTransport {
     }
 
     fn build_queues(&self) -> Result<Vec<Queue>, String> {
-        let event_idx =
-            self.driver_features & (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX) != 0;
+        let event_idx = self.driver_features
+            & (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX)
+            != 0;
         let mut out = Vec::new();
         // Queues are handed over in index order, stopping at the first one
         // the driver did not enable, so indices never shift.
         for (i, qc) in self.queues.iter().enumerate().take_while(|(_, q)| q.ready) {
             let mut q = Queue::new(qc.max_size).map_err(|e| format!("queue {i}: {e}"))?;
-            q.try_set_size(qc.size).map_err(|e| format!("queue {i} size: {e}"))?;
+            q.try_set_size(qc.size)
+                .map_err(|e| format!("queue {i} size: {e}"))?;
             q.try_set_desc_table_address(GuestAddress(qc.desc))
                 .map_err(|e| format!("queue {i} desc: {e}"))?;
             q.try_set_avail_ring_address(GuestAddress(qc.driver))

@@ -7,10 +7,11 @@
 //! interrupts through [`VirtioInterrupt`], which the transport implements
 //! (InterruptStatus bits plus the IOAPIC line).
 
+pub mod blk;
 pub mod mmio;
-#[cfg(test)]
-#[allow(dead_code)] // Some helpers serve only the device tests.
-mod test_utils;
+#[doc(hidden)]
+pub mod testing;
+pub mod worker;
 pub mod vsock;
 
 use std::sync::Arc;

@@ -5,14 +5,17 @@ use virtio_queue::QueueT;
 
 use super::*;
 use crate::virtio::ActivateError;
-use crate::virtio::test_utils::{Driver, Ring, driver_for};
+use crate::virtio::testing::{Driver, Ring, driver_for};
 
 const EVENT_IDX: u64 = 1 << 29;
 const DEV_BIT: u64 = 1 << 3;
 
+/// (size, desc, avail, used, event_idx) of one activated queue.
+type QueueSeen = (u16, u64, u64, u64, bool);
+
 #[derive(Default)]
 struct FakeState {
-    activations: Vec<(usize, u64, Vec<(u16, u64, u64, u64, bool)>)>,
+    activations: Vec<(usize, u64, Vec<QueueSeen>)>,
     notify: Option<Arc<Event>>,
     interrupt: Option<Arc<dyn VirtioInterrupt>>,
     resets: u32,
@@ -38,19 +41,35 @@ impl VirtioDevice for Fake {
         }
     }
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        self.0.lock().expect("fake").config_writes.push((offset, data.to_vec()));
+        self.0
+            .lock()
+            .expect("fake")
+            .config_writes
+            .push((offset, data.to_vec()));
     }
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
         let mut s = self.0.lock().expect("fake");
         if s.fail {
-            return Err(ActivateError::QueueCount { expected: 2, got: ctx.queues.len() });
+            return Err(ActivateError::QueueCount {
+                expected: 2,
+                got: ctx.queues.len(),
+            });
         }
         let qs = ctx
             .queues
             .iter()
-            .map(|q| (q.size(), q.desc_table(), q.avail_ring(), q.used_ring(), q.event_idx_enabled()))
+            .map(|q| {
+                (
+                    q.size(),
+                    q.desc_table(),
+                    q.avail_ring(),
+                    q.used_ring(),
+                    q.event_idx_enabled(),
+                )
+            })
             .collect();
-        s.activations.push((ctx.queues.len(), ctx.acked_features, qs));
+        s.activations
+            .push((ctx.queues.len(), ctx.acked_features, qs));
         s.notify = Some(ctx.notify);
         s.interrupt = Some(ctx.interrupt);
         Ok(())
@@ -60,7 +79,12 @@ impl VirtioDevice for Fake {
     }
 }
 
-fn fake() -> (Arc<Mutex<FakeState>>, Driver, GuestMem, Arc<crate::virtio::test_utils::PulseCounter>) {
+fn fake() -> (
+    Arc<Mutex<FakeState>>,
+    Driver,
+    GuestMem,
+    Arc<crate::virtio::testing::PulseCounter>,
+) {
     let state = Arc::new(Mutex::new(FakeState::default()));
     let (d, mem, irq) = driver_for(Box::new(Fake(Arc::clone(&state))));
     (state, d, mem, irq)
@@ -115,7 +139,10 @@ fn event_idx_is_off_when_not_negotiated() {
     d.driver_ok();
     let s = state.lock().expect("fake");
     assert!(!s.activations[0].2[0].4);
-    assert_eq!(s.activations[0].0, 1, "queues stop at the first one not ready");
+    assert_eq!(
+        s.activations[0].0, 1,
+        "queues stop at the first one not ready"
+    );
 }
 
 #[test]
@@ -155,19 +182,35 @@ fn notify_signals_the_event_only_when_active() {
     let (state, mut d, mem, _) = fake();
     d.notify(0);
     let (_r0, _r1) = bring_up(&mut d, &mem);
-    let ev = state.lock().expect("fake").notify.clone().expect("notify event");
-    assert!(!ev.wait_timeout(Duration::from_millis(1)), "pre-activation notify dropped");
+    let ev = state
+        .lock()
+        .expect("fake")
+        .notify
+        .clone()
+        .expect("notify event");
+    assert!(
+        !ev.wait_timeout(Duration::from_millis(1)),
+        "pre-activation notify dropped"
+    );
     d.notify(1);
     assert!(ev.wait_timeout(Duration::from_secs(1)));
     d.notify(7);
-    assert!(!ev.wait_timeout(Duration::from_millis(1)), "nonexistent queue ignored");
+    assert!(
+        !ev.wait_timeout(Duration::from_millis(1)),
+        "nonexistent queue ignored"
+    );
 }
 
 #[test]
 fn interrupt_status_ack_and_edge_pulses() {
     let (state, mut d, mem, irq) = fake();
     bring_up(&mut d, &mem);
-    let int = state.lock().expect("fake").interrupt.clone().expect("interrupt");
+    let int = state
+        .lock()
+        .expect("fake")
+        .interrupt
+        .clone()
+        .expect("interrupt");
     int.trigger(InterruptKind::Queue);
     assert_eq!(irq.count(), 1);
     int.trigger(InterruptKind::Config);
@@ -183,7 +226,12 @@ fn interrupt_status_ack_and_edge_pulses() {
 fn reset_stops_the_device_and_clears_state() {
     let (state, mut d, mem, _) = fake();
     bring_up(&mut d, &mem);
-    let int = state.lock().expect("fake").interrupt.clone().expect("interrupt");
+    let int = state
+        .lock()
+        .expect("fake")
+        .interrupt
+        .clone()
+        .expect("interrupt");
     int.trigger(InterruptKind::Queue);
     d.write(reg::STATUS, 0);
     assert_eq!(state.lock().expect("fake").resets, 1);
@@ -263,6 +311,9 @@ fn odd_accesses_are_harmless_and_config_is_forwarded() {
     d.write(reg::DRIVER_FEATURES, 1);
     assert_eq!(d.config_bytes(3, 2), vec![3, 4]);
     d.t.write(reg::CONFIG + 8, &[9, 9]);
-    assert_eq!(state.lock().expect("fake").config_writes, vec![(8, vec![9, 9])]);
+    assert_eq!(
+        state.lock().expect("fake").config_writes,
+        vec![(8, vec![9, 9])]
+    );
     assert_eq!(d.read(reg::SHM_LEN_LOW), u32::MAX);
 }

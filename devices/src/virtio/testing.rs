@@ -1,5 +1,6 @@
-//! Test helpers: a Linux-like virtio-mmio driver and a hand-built split ring
-//! over plain guest memory.
+//! Test support shared by unit tests, the fuzz target and the benchmark: a
+//! Linux-like virtio-mmio driver and a hand-built split ring over plain guest
+//! memory. Not part of the VMM's device model; the helpers panic on misuse.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -22,6 +23,7 @@ pub const F_INDIRECT: u16 = 4;
 /// Counts rising edges.
 #[derive(Debug, Default)]
 pub struct PulseCounter {
+    /// Rising edges seen.
     pub rising: AtomicU32,
     level: AtomicU32,
 }
@@ -66,8 +68,17 @@ impl Ring {
         let avail = desc + 16 * u64::from(size);
         let used = (avail + 6 + 2 * u64::from(size) + 3) & !3;
         let zero = vec![0u8; (used + 6 + 8 * u64::from(size) - base) as usize];
-        mem.write_slice(&zero, GuestAddress(base)).expect("clear ring");
-        Ring { size, desc, avail, used, next_desc: 0, avail_idx: 0, used_seen: 0 }
+        mem.write_slice(&zero, GuestAddress(base))
+            .expect("clear ring");
+        Ring {
+            size,
+            desc,
+            avail,
+            used,
+            next_desc: 0,
+            avail_idx: 0,
+            used_seen: 0,
+        }
     }
 
     /// Writes descriptor `idx` raw.
@@ -75,8 +86,10 @@ impl Ring {
         let a = GuestAddress(self.desc + 16 * u64::from(idx));
         mem.write_obj(addr, a).expect("desc addr");
         mem.write_obj(len, GuestAddress(a.0 + 8)).expect("desc len");
-        mem.write_obj(flags, GuestAddress(a.0 + 12)).expect("desc flags");
-        mem.write_obj(next, GuestAddress(a.0 + 14)).expect("desc next");
+        mem.write_obj(flags, GuestAddress(a.0 + 12))
+            .expect("desc flags");
+        mem.write_obj(next, GuestAddress(a.0 + 14))
+            .expect("desc next");
     }
 
     /// Writes a chain of (addr, len, flags) linked with NEXT; returns its head.
@@ -96,15 +109,18 @@ impl Ring {
     /// Puts `head` in the available ring and bumps its index.
     pub fn publish(&mut self, mem: &GuestMem, head: u16) {
         let slot = u64::from(self.avail_idx % self.size);
-        mem.write_obj(head, GuestAddress(self.avail + 4 + 2 * slot)).expect("avail slot");
+        mem.write_obj(head, GuestAddress(self.avail + 4 + 2 * slot))
+            .expect("avail slot");
         self.avail_idx = self.avail_idx.wrapping_add(1);
-        mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2)).expect("avail idx");
+        mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2))
+            .expect("avail idx");
     }
 
     /// Sets the avail ring's raw index (for malicious tests).
     pub fn set_avail_idx(&mut self, mem: &GuestMem, idx: u16) {
         self.avail_idx = idx;
-        mem.write_obj(idx, GuestAddress(self.avail + 2)).expect("avail idx");
+        mem.write_obj(idx, GuestAddress(self.avail + 2))
+            .expect("avail idx");
     }
 
     /// Writes `used_event` (EVENT_IDX).
