@@ -3,6 +3,8 @@
 
 mod bench;
 mod cache;
+mod cpio;
+mod fuzz;
 mod images;
 mod kernel;
 mod setup;
