@@ -4,7 +4,6 @@
 mod bench;
 mod cache;
 mod cpio;
-mod fuzz;
 mod images;
 mod kernel;
 mod setup;
