@@ -9,6 +9,7 @@
 
 pub mod blk;
 pub mod mmio;
+pub mod rng;
 #[doc(hidden)]
 pub mod testing;
 pub mod worker;
