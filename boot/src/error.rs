@@ -18,6 +18,24 @@ pub enum BootError {
         #[source]
         source: std::io::Error,
     },
+    /// The kernel or initrd path is not a regular file.
+    #[error("{what} {} is not a regular file", path.display())]
+    NotAFile {
+        /// "kernel" or "initrd".
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+    },
+    /// The kernel or initrd is larger than guest RAM below the MMIO hole.
+    #[error("{what} of {size} bytes is larger than low guest RAM ({max} bytes)")]
+    TooLarge {
+        /// "kernel" or "initrd".
+        what: &'static str,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
     /// The image is neither an ELF nor a bzImage.
     #[error("kernel image is neither ELF nor bzImage (first bytes {0:02x?})")]
     UnknownFormat(Vec<u8>),

@@ -23,7 +23,7 @@ const PAGE: u64 = 0x1000;
 pub const ELF_INITRD_ADDR_MAX: u64 = 0x7fff_ffff;
 
 /// Where an image comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum ImageSource {
     /// Bytes already in memory.
     Bytes(Vec<u8>),
@@ -31,19 +31,50 @@ pub enum ImageSource {
     File(PathBuf),
 }
 
-impl ImageSource {
-    fn load(&self) -> Result<std::borrow::Cow<'_, [u8]>, BootError> {
+impl std::fmt::Debug for ImageSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ImageSource::Bytes(b) => Ok(b.as_slice().into()),
-            ImageSource::File(path) => {
-                std::fs::read(path)
-                    .map(Into::into)
-                    .map_err(|source| BootError::ReadFile {
-                        path: path.clone(),
-                        source,
-                    })
-            }
+            ImageSource::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
+            ImageSource::File(p) => write!(f, "File({})", p.display()),
         }
+    }
+}
+
+impl ImageSource {
+    /// The image's bytes; a file must be a regular file of at most `max` bytes.
+    fn load(&self, what: &'static str, max: u64) -> Result<std::borrow::Cow<'_, [u8]>, BootError> {
+        let bytes: std::borrow::Cow<'_, [u8]> = match self {
+            ImageSource::Bytes(b) => b.as_slice().into(),
+            ImageSource::File(path) => {
+                let err = |source| BootError::ReadFile {
+                    path: path.clone(),
+                    source,
+                };
+                let meta = std::fs::metadata(path).map_err(err)?;
+                if !meta.is_file() {
+                    return Err(BootError::NotAFile {
+                        what,
+                        path: path.clone(),
+                    });
+                }
+                if meta.len() > max {
+                    return Err(BootError::TooLarge {
+                        what,
+                        size: meta.len(),
+                        max,
+                    });
+                }
+                std::fs::read(path).map_err(err)?.into()
+            }
+        };
+        if bytes.len() as u64 > max {
+            return Err(BootError::TooLarge {
+                what,
+                size: bytes.len() as u64,
+                max,
+            });
+        }
+        Ok(bytes)
     }
 }
 
@@ -210,15 +241,17 @@ pub fn load_kernel(mem: &GuestMemoryMmap, cfg: &KernelConfig) -> Result<CpuState
     }
     let low_end = cfg.ram_regions[0].1; // memory_map checked the first region starts at 0.
 
-    let bytes = cfg.kernel.load()?;
+    let bytes = cfg.kernel.load("kernel", low_end)?;
     let kind = parse_kernel_image(&bytes)?;
     let placed = match &kind {
         KernelKind::Elf(img) => {
             if img.end() > low_end {
+                let start = img.segments.iter().map(|s| s.paddr).min().unwrap_or(0);
+                let len = img.end() - start;
                 return Err(BootError::OutOfGuestMemory {
                     what: "ELF kernel",
-                    addr: 0,
-                    len: img.end(),
+                    addr: start,
+                    len,
                 });
             }
             load_segments(mem, img, &bytes)?;
@@ -244,7 +277,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, cfg: &KernelConfig) -> Result<CpuState
     let initrd = match &cfg.initrd {
         None => None,
         Some(src) => {
-            let data = src.load()?;
+            let data = src.load("initrd", low_end)?;
             let size = data.len() as u64;
             let addr = place_initrd(size, placed.end, placed.initrd_addr_max, low_end)?;
             memory::write(mem, "initrd", addr, &data)?;

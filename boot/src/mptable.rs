@@ -185,7 +185,9 @@ pub fn build(cfg: &MptableConfig, addr: u32) -> Result<Vec<u8>, MptableError> {
     if total as u64 > LEGACY_HOLE_END - EBDA_START {
         return Err(MptableError::TooLarge(total));
     }
-    let table_addr = addr + MPF_SIZE as u32;
+    let table_addr = addr
+        .checked_add(MPF_SIZE as u32)
+        .ok_or(MptableError::TooLarge(total))?;
 
     let mut mpf = Vec::with_capacity(total);
     mpf.extend_from_slice(MPF_SIGNATURE);

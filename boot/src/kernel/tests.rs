@@ -400,3 +400,31 @@ fn real_kernel_images_load_when_available() {
         );
     }
 }
+
+#[test]
+fn files_are_checked_before_reading() {
+    let m = mem(MEM);
+    let mut cfg = config(vec![]);
+    cfg.kernel = ImageSource::File("/dev/null".into());
+    assert!(matches!(
+        load_kernel(&m, &cfg),
+        Err(BootError::NotAFile { what: "kernel", .. })
+    ));
+    let dir = std::env::temp_dir().join(format!("krypton-boot-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let kernel = dir.join("vmlinux");
+    std::fs::write(&kernel, vmlinux(true)).expect("write");
+    cfg.kernel = ImageSource::File(kernel);
+    cfg.initrd = Some(ImageSource::Bytes(vec![0; MEM as usize + 1]));
+    assert!(matches!(
+        load_kernel(&m, &cfg),
+        Err(BootError::TooLarge { what: "initrd", .. })
+    ));
+    cfg.initrd = None;
+    assert!(load_kernel(&m, &cfg).is_ok());
+    assert_eq!(
+        format!("{:?}", ImageSource::Bytes(vec![0; 3])),
+        "Bytes(3 bytes)"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
