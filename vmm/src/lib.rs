@@ -2,8 +2,10 @@
 //! the bus, the VM builder and the CLI. `main.rs` only calls [`cli::main`].
 
 pub mod bus;
+pub mod cli;
 pub mod emulator;
 pub mod hv;
 pub mod machine;
+pub mod run;
 pub mod selftest;
 pub mod vcpu;

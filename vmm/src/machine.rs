@@ -19,9 +19,12 @@ use krypton_devices::i8042::I8042;
 use krypton_devices::interrupt::IrqLine;
 use krypton_devices::ioapic::{Ioapic, ioapic_pin};
 use krypton_devices::serial::{PanicWatch, Serial};
+use krypton_devices::virtio::VirtioDevice;
+use krypton_devices::virtio::mmio::MmioTransport;
+use krypton_boot::cmdline::VirtioMmioDevice;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::bus::{Bus, BusError, SharedDevice};
+use crate::bus::{Bus, BusError};
 use crate::hv::{HvError, Hypervisor, Kick, Vcpu, Vm, VmConfig};
 use crate::vcpu::{ExitContext, VcpuStop, run_loop};
 
@@ -118,6 +121,9 @@ pub enum MachineError {
         #[source]
         source: std::io::Error,
     },
+    /// No IOAPIC pin is left for another virtio device.
+    #[error("too many virtio devices (at most {MAX_VIRTIO_DEVICES})")]
+    TooManyDevices,
     /// A vCPU thread could not be started.
     #[error("cannot start a vCPU thread")]
     Thread(#[source] std::io::Error),
@@ -150,7 +156,11 @@ pub struct Machine {
     ioapic: Arc<Mutex<Ioapic>>,
     serial: Arc<Mutex<Serial>>,
     exit: Arc<ExitSignal>,
+    virtio: Vec<VirtioMmioDevice>,
 }
+
+/// Most virtio-mmio devices per VM (IOAPIC pins 5..=23).
+pub const MAX_VIRTIO_DEVICES: usize = (layout::IOAPIC_PINS - layout::VIRTIO_IRQ_BASE) as usize;
 
 impl std::fmt::Debug for Machine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -218,7 +228,7 @@ impl Machine {
         pio.insert(u64::from(layout::COM1_PORT), 8, serial.clone())?;
         pio.insert(u64::from(layout::I8042_DATA_PORT), 5, Arc::new(Mutex::new(I8042::new(exit.clone()))))?;
         pio.insert(u64::from(layout::DEBUG_EXIT_PORT), 4, Arc::new(Mutex::new(DebugExit::new(exit.clone()))))?;
-        Ok(Machine { vm, mem, cpus: cfg.cpus, pio, mmio, ioapic, serial, exit })
+        Ok(Machine { vm, mem, cpus: cfg.cpus, pio, mmio, ioapic, serial, exit, virtio: Vec::new() })
     }
 
     /// Guest RAM.
@@ -251,7 +261,31 @@ impl Machine {
         ioapic_pin(&self.ioapic, pin)
     }
 
-    /// Queues bytes for the guest to read from COM1; returns how many fit.
+    /// Puts `device` behind a virtio-mmio transport in the next free slot
+    /// (4 KiB from `layout::VIRTIO_MMIO_BASE`, IOAPIC pins from
+    /// `layout::VIRTIO_IRQ_BASE`) and returns what the kernel must be told.
+    pub fn add_virtio_device(&mut self, device: Box<dyn VirtioDevice>) -> Result<VirtioMmioDevice, MachineError> {
+        let index = self.virtio.len();
+        if index >= MAX_VIRTIO_DEVICES {
+            return Err(MachineError::TooManyDevices);
+        }
+        let slot = VirtioMmioDevice {
+            base: layout::VIRTIO_MMIO_BASE + index as u64 * layout::VIRTIO_MMIO_SIZE,
+            size: layout::VIRTIO_MMIO_SIZE,
+            irq: layout::VIRTIO_IRQ_BASE + index as u8,
+        };
+        let transport = MmioTransport::new(device, self.mem.clone(), self.irq_line(slot.irq));
+        self.mmio.insert(slot.base, slot.size, Arc::new(Mutex::new(transport)))?;
+        self.virtio.push(slot);
+        Ok(slot)
+    }
+
+    /// The virtio-mmio devices added so far, in slot order.
+    pub fn virtio_devices(&self) -> &[VirtioMmioDevice] {
+        &self.virtio
+    }
+
+    /// COM1, for feeding guest input.
     pub fn serial_input(&self) -> Arc<Mutex<Serial>> {
         self.serial.clone()
     }

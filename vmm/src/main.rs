@@ -1,5 +1,5 @@
 //! `krypton`: the command-line entry point.
 
-fn main() {
-    let _ = krypton::hv::new(krypton::hv::Backend::host_default());
+fn main() -> std::process::ExitCode {
+    krypton::cli::main()
 }

@@ -4,6 +4,7 @@
 mod bench;
 mod cache;
 mod cpio;
+mod fuzz;
 mod images;
 mod kernel;
 mod setup;

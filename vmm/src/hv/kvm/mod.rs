@@ -36,13 +36,19 @@ pub struct Kvm {
 impl Kvm {
     /// Opens /dev/kvm and checks the capabilities this backend needs.
     pub fn open() -> Result<Self, HvError> {
-        let kvm = kvm_ioctls::Kvm::new().map_err(|e| {
+        // KRYPTON_KVM_DEVICE points elsewhere (tests use it to simulate a
+        // host without KVM).
+        let path = std::env::var_os("KRYPTON_KVM_DEVICE").unwrap_or_else(|| "/dev/kvm".into());
+        let shown = std::path::Path::new(&path).display().to_string();
+        let c_path = std::ffi::CString::new(path.as_encoded_bytes())
+            .map_err(|_| HvError::Unavailable(format!("bad KVM device path {shown}")))?;
+        let kvm = kvm_ioctls::Kvm::new_with_path(&c_path).map_err(|e| {
             let why = match e.errno() {
-                libc::ENOENT => "/dev/kvm does not exist (is the kvm module loaded?)".to_string(),
+                libc::ENOENT => format!("{shown} does not exist (is the kvm module loaded?)"),
                 libc::EACCES | libc::EPERM => {
-                    "no permission to open /dev/kvm (add yourself to the kvm group)".to_string()
+                    format!("no permission to open {shown} (add yourself to the kvm group)")
                 }
-                n => format!("cannot open /dev/kvm: {}", std::io::Error::from_raw_os_error(n)),
+                n => format!("cannot open {shown}: {}", std::io::Error::from_raw_os_error(n)),
             };
             HvError::Unavailable(why)
         })?;

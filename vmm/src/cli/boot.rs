@@ -1,0 +1,169 @@
+//! `krypton boot`: boot a kernel (ELF vmlinux, bzImage) or an ELF test guest.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use krypton_boot::kernel::{BootProtocol, ImageSource, KernelConfig, load_kernel};
+use krypton_boot::mptable::{Polarity, Trigger};
+
+use super::devices::{self, DeviceArgs};
+use super::{fail, one_line, status};
+use crate::machine::{Machine, MachineConfig, Outcome, SerialOut};
+
+/// Options of `krypton boot`.
+#[derive(clap::Args, Debug)]
+pub struct BootArgs {
+    /// Kernel: ELF vmlinux (PVH note or 64-bit entry), bzImage, or an ELF test guest.
+    #[arg(long)]
+    pub kernel: PathBuf,
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub mem: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u8,
+    /// Kernel command line, replacing the default. Device announcements
+    /// (virtio_mmio.device=...) are always appended.
+    #[arg(long)]
+    pub cmdline: Option<String>,
+    /// Initial ramdisk.
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Where COM1 output goes: stdio, none, or a file path.
+    #[arg(long, default_value = "stdio")]
+    pub serial: String,
+    /// Stop the VM after this many seconds (exit status 124).
+    #[arg(long, allow_negative_numbers = true)]
+    pub timeout: Option<f64>,
+    /// Hide a CPUID bit from the guest: LEAF:SUBLEAF:REG:BIT, e.g. 0x7:0:edx:29.
+    #[arg(long = "hide-cpuid", value_parser = parse_cpuid_bit)]
+    pub hide_cpuid: Vec<(u32, u32, u8, u8)>,
+    /// Boot an ELF vmlinux through the 64-bit boot protocol even if it has a PVH note.
+    #[arg(long)]
+    pub linux64: bool,
+    /// Virtio devices.
+    #[command(flatten)]
+    pub devices: DeviceArgs,
+}
+
+fn parse_num(s: &str) -> Result<u32, String> {
+    let r = match s.strip_prefix("0x") {
+        Some(h) => u32::from_str_radix(h, 16),
+        None => s.parse(),
+    };
+    r.map_err(|_| format!("'{s}' is not a number"))
+}
+
+/// Parses LEAF:SUBLEAF:REG:BIT.
+pub fn parse_cpuid_bit(s: &str) -> Result<(u32, u32, u8, u8), String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let [leaf, sub, reg, bit] = parts.as_slice() else {
+        return Err("expected LEAF:SUBLEAF:REG:BIT".into());
+    };
+    let reg = match reg.to_ascii_lowercase().as_str() {
+        "eax" => 0,
+        "ebx" => 1,
+        "ecx" => 2,
+        "edx" => 3,
+        other => return Err(format!("'{other}' is not eax, ebx, ecx or edx")),
+    };
+    let bit = parse_num(bit)?;
+    if bit > 31 {
+        return Err(format!("bit {bit} is out of range 0-31"));
+    }
+    Ok((parse_num(leaf)?, parse_num(sub)?, reg, bit as u8))
+}
+
+fn serial_out(s: &str) -> SerialOut {
+    match s {
+        "stdio" => SerialOut::Stdout,
+        "none" => SerialOut::Null,
+        path => SerialOut::File(PathBuf::from(path)),
+    }
+}
+
+/// Maps how the guest ended to the process exit status.
+pub fn exit_status(outcome: Outcome) -> u8 {
+    match outcome {
+        Outcome::DebugExit(v) => ((v << 1) | 1) as u8,
+        Outcome::Reset | Outcome::Shutdown | Outcome::Halted => status::OK,
+        Outcome::Panic => status::GUEST_PANIC,
+        Outcome::Timeout => status::TIMEOUT,
+    }
+}
+
+/// Runs `krypton boot`.
+pub fn run(args: BootArgs) -> ExitCode {
+    match boot(args) {
+        Ok(outcome) => {
+            log::info!("guest ended: {outcome:?}");
+            ExitCode::from(exit_status(outcome))
+        }
+        Err(msg) => fail(&msg),
+    }
+}
+
+fn boot(args: BootArgs) -> Result<Outcome, String> {
+    let timeout = match args.timeout {
+        Some(t) if !(t.is_finite() && t > 0.0 && t < 1e9) => {
+            return Err(format!("--timeout {t} must be a positive number of seconds"));
+        }
+        t => t.map(Duration::from_secs_f64),
+    };
+    if let Err(e) = std::fs::metadata(&args.kernel) {
+        return Err(format!("cannot read kernel {}: {e}", args.kernel.display()));
+    }
+    if let Some(initrd) = &args.initrd {
+        std::fs::metadata(initrd).map_err(|e| format!("cannot read initrd {}: {e}", initrd.display()))?;
+    }
+    let hv = crate::hv::new(crate::hv::Backend::host_default()).map_err(|e| one_line(&e))?;
+    let cfg = MachineConfig {
+        mem_mib: args.mem,
+        cpus: args.cpus,
+        serial: serial_out(&args.serial),
+        hide_cpuid: args.hide_cpuid,
+    };
+    let mut machine = Machine::new(hv.as_ref(), cfg).map_err(|e| one_line(&e))?;
+    devices::add_all(&mut machine, &args.devices)?;
+    let ram = krypton_boot::layout::ram_regions(args.mem << 20);
+    let mut kcfg = KernelConfig::new(ImageSource::File(args.kernel.clone()), machine.cpus(), ram);
+    kcfg.initrd = args.initrd.clone().map(ImageSource::File);
+    if let Some(c) = args.cmdline {
+        kcfg.cmdline = c;
+    }
+    kcfg.virtio_devices = machine.virtio_devices().to_vec();
+    // The transport pulses its line on every interrupt (edge, active high).
+    kcfg.virtio_trigger = Trigger::Edge;
+    kcfg.virtio_polarity = Polarity::ActiveHigh;
+    if args.linux64 {
+        kcfg.protocol = BootProtocol::ForceLinux64;
+    }
+    let state = load_kernel(machine.memory(), &kcfg).map_err(|e| one_line(&e))?;
+    log::info!("kernel command line: {}", kcfg.full_cmdline());
+    machine.run(state, timeout).map_err(|e| one_line(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpuid_bits_parse_and_reject_bad_input() {
+        assert_eq!(parse_cpuid_bit("0x7:0:edx:29"), Ok((7, 0, 3, 29)));
+        assert_eq!(parse_cpuid_bit("1:0:ECX:13"), Ok((1, 0, 2, 13)));
+        assert!(parse_cpuid_bit("1:0:ecx").is_err());
+        assert!(parse_cpuid_bit("1:0:esi:1").is_err());
+        assert!(parse_cpuid_bit("1:0:ecx:32").is_err());
+        assert!(parse_cpuid_bit("x:0:ecx:1").is_err());
+    }
+
+    #[test]
+    fn debug_exit_status_matches_qemu() {
+        assert_eq!(exit_status(Outcome::DebugExit(0)), 1);
+        assert_eq!(exit_status(Outcome::DebugExit(0x31)), 0x63);
+        assert_eq!(exit_status(Outcome::Reset), 0);
+        assert_eq!(exit_status(Outcome::Timeout), 124);
+        assert_ne!(exit_status(Outcome::Panic), 0);
+    }
+}

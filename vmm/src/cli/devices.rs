@@ -1,0 +1,75 @@
+//! Virtio device options shared by `krypton boot` and `krypton run`.
+
+use std::path::PathBuf;
+
+use krypton_devices::virtio::blk::Block;
+use krypton_devices::virtio::vsock::{Vsock, VsockHost};
+
+use super::one_line;
+use crate::machine::Machine;
+
+/// Virtio device options.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct DeviceArgs {
+    /// Raw disk image as virtio-blk: PATH or PATH,ro. Repeatable; the first is /dev/vda.
+    #[arg(long = "disk", value_parser = parse_disk)]
+    pub disks: Vec<DiskArg>,
+    /// Unix socket for the vsock device's host side (Firecracker's hybrid protocol).
+    #[arg(long)]
+    pub vsock_uds: Option<PathBuf>,
+    /// The guest's vsock context ID.
+    #[arg(long, default_value_t = 3)]
+    pub cid: u64,
+}
+
+/// One `--disk`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskArg {
+    /// Image path.
+    pub path: PathBuf,
+    /// Read-only.
+    pub read_only: bool,
+}
+
+/// Parses `PATH[,ro]`.
+pub fn parse_disk(s: &str) -> Result<DiskArg, String> {
+    let (path, read_only) = match s.rsplit_once(',') {
+        Some((p, "ro")) => (p, true),
+        Some((p, "rw")) => (p, false),
+        Some((_, opt)) => return Err(format!("unknown disk option '{opt}' (expected ro or rw)")),
+        None => (s, false),
+    };
+    if path.is_empty() {
+        return Err("empty disk path".into());
+    }
+    Ok(DiskArg { path: PathBuf::from(path), read_only })
+}
+
+/// Adds every requested device to `machine`, disks first (so the first disk is vda).
+pub fn add_all(machine: &mut Machine, args: &DeviceArgs) -> Result<Option<VsockHost>, String> {
+    for d in &args.disks {
+        let blk = Block::new(&d.path, d.read_only)
+            .map_err(|e| format!("disk {}: {}", d.path.display(), one_line(&e)))?;
+        machine.add_virtio_device(Box::new(blk)).map_err(|e| one_line(&e))?;
+    }
+    let host = match &args.vsock_uds {
+        Some(path) => VsockHost::unix(path).map_err(|e| format!("vsock: {}", one_line(&e)))?,
+        None => VsockHost::in_process().map_err(|e| format!("vsock: {}", one_line(&e)))?,
+    };
+    let vsock = Vsock::new(args.cid, host.clone()).map_err(|e| format!("vsock: {}", one_line(&e)))?;
+    machine.add_virtio_device(Box::new(vsock)).map_err(|e| one_line(&e))?;
+    Ok(Some(host))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_options() {
+        assert_eq!(parse_disk("a.img"), Ok(DiskArg { path: "a.img".into(), read_only: false }));
+        assert_eq!(parse_disk("a,b.img,ro"), Ok(DiskArg { path: "a,b.img".into(), read_only: true }));
+        assert!(parse_disk("a.img,rx").is_err());
+        assert!(parse_disk(",ro").is_err());
+    }
+}

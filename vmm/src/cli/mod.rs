@@ -1,0 +1,120 @@
+//! The `krypton` command line. Every failure becomes one line on stderr
+//! and exit status 125; guest outcomes map to the statuses in [`status`].
+
+mod boot;
+mod devices;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit statuses shared by every subcommand.
+pub mod status {
+    /// The guest shut down or reset cleanly.
+    pub const OK: u8 = 0;
+    /// The guest kernel panicked (`krypton boot`).
+    pub const GUEST_PANIC: u8 = 2;
+    /// The time limit passed.
+    pub const TIMEOUT: u8 = 124;
+    /// The VMM failed, or the input was bad.
+    pub const VMM_ERROR: u8 = 125;
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "krypton", version, about = "A micro-VMM for Linux guests on WHP and KVM")]
+struct Cli {
+    /// Log level for the VMM's own messages (error, warn, info, debug, trace).
+    #[arg(long, global = true, default_value = "warn", value_parser = ["error", "warn", "info", "debug", "trace", "off"])]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Boot a kernel or test guest and run it until it exits.
+    Boot(boot::BootArgs),
+    /// Run the conformance guests against this host's hypervisor.
+    Selftest(SelftestArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SelftestArgs {
+    /// Run only cases whose name contains this text.
+    #[arg(long)]
+    filter: Option<String>,
+}
+
+/// Formats an error and its causes on one line: "outer: cause: cause".
+pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let msg = c.to_string();
+        if !msg.is_empty() && !s.ends_with(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        cur = c.source();
+    }
+    s.replace('\n', " ")
+}
+
+/// Clap's error text on one line: the first line, plus the items it lists
+/// when that line ends with a colon; usage and tips dropped.
+fn clap_one_line(text: &str) -> String {
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let mut out = lines.next().unwrap_or("invalid arguments").trim_start_matches("error: ").to_string();
+    if out.ends_with(':') {
+        let items: Vec<&str> = lines.take_while(|l| !l.starts_with("Usage:") && !l.starts_with("tip:")).collect();
+        out.push(' ');
+        out.push_str(&items.join(", "));
+    }
+    out
+}
+
+/// Prints `msg` as the single error line and returns 125.
+pub fn fail(msg: &str) -> ExitCode {
+    eprintln!("krypton: error: {msg}");
+    ExitCode::from(status::VMM_ERROR)
+}
+
+/// Entry point used by `main.rs`.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::from(status::OK);
+            }
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                return fail("a subcommand is required: boot, run or selftest (see 'krypton --help')");
+            }
+            return fail(&format!("{} (see 'krypton --help')", clap_one_line(&e.to_string())));
+        }
+    };
+    env_logger::Builder::new()
+        .parse_filters(&cli.log_level)
+        .parse_env("KRYPTON_LOG")
+        .format_target(false)
+        .init();
+    match cli.command {
+        Command::Boot(args) => boot::run(args),
+        Command::Selftest(args) => selftest(args),
+    }
+}
+
+fn selftest(args: SelftestArgs) -> ExitCode {
+    let hv = match crate::hv::new(crate::hv::Backend::host_default()) {
+        Ok(hv) => hv,
+        Err(e) => return fail(&one_line(&e)),
+    };
+    let report = crate::selftest::run_all(hv.as_ref(), args.filter.as_deref());
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{report}");
+    }
+    if report.failed() == 0 { ExitCode::from(status::OK) } else { ExitCode::from(1) }
+}

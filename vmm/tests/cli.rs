@@ -1,0 +1,165 @@
+//! The `krypton` binary against bad input: every case must end with exit
+//! status 125 and exactly one line on stderr naming the problem, never a
+//! panic. Also one good boot, to show the same paths do work.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_krypton");
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("krypton-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("tmpdir");
+    d
+}
+
+/// A minimal ELF64 executable: one PT_LOAD at 1 MiB holding `code`,
+/// entered through the 64-bit boot protocol.
+fn elf64(code: &[u8]) -> Vec<u8> {
+    const LOAD: u64 = 0x10_0000;
+    let mut e = vec![0u8; 0x78];
+    e[..4].copy_from_slice(b"\x7fELF");
+    e[4] = 2; // 64-bit
+    e[5] = 1; // little-endian
+    e[6] = 1; // version
+    e[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    e[18..20].copy_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+    e[20..24].copy_from_slice(&1u32.to_le_bytes());
+    e[24..32].copy_from_slice(&LOAD.to_le_bytes()); // entry
+    e[32..40].copy_from_slice(&0x40u64.to_le_bytes()); // phoff
+    e[52..54].copy_from_slice(&64u16.to_le_bytes()); // ehsize
+    e[54..56].copy_from_slice(&56u16.to_le_bytes()); // phentsize
+    e[56..58].copy_from_slice(&1u16.to_le_bytes()); // phnum
+    let ph = &mut e[0x40..0x78];
+    ph[0..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    ph[4..8].copy_from_slice(&5u32.to_le_bytes()); // R+X
+    ph[8..16].copy_from_slice(&0x78u64.to_le_bytes()); // offset
+    ph[16..24].copy_from_slice(&LOAD.to_le_bytes()); // vaddr
+    ph[24..32].copy_from_slice(&LOAD.to_le_bytes()); // paddr
+    ph[32..40].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    ph[40..48].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    ph[48..56].copy_from_slice(&0x1000u64.to_le_bytes());
+    e.extend_from_slice(code);
+    e
+}
+
+/// mov al, 0x2a ; out 0xf4, al ; hlt
+const EXIT_2A: &[u8] = &[0xb0, 0x2a, 0xe6, 0xf4, 0xf4];
+
+fn good_kernel(dir: &Path) -> PathBuf {
+    let p = dir.join("guest.elf");
+    std::fs::write(&p, elf64(EXIT_2A)).expect("write kernel");
+    p
+}
+
+fn kvm_usable() -> bool {
+    let ok = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    if !ok {
+        eprintln!("skipped: /dev/kvm is not usable here");
+    }
+    ok
+}
+
+/// Runs krypton and checks: status 125, one stderr line, containing `want`.
+fn expect_error(args: &[&str], want: &str) {
+    let out = Command::new(BIN).args(args).output().expect("spawn krypton");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(out.status.code(), Some(125), "args {args:?}: stderr {stderr}");
+    assert_eq!(lines.len(), 1, "args {args:?}: want one line, got {stderr}");
+    assert!(lines[0].starts_with("krypton: error: "), "args {args:?}: {stderr}");
+    assert!(lines[0].to_lowercase().contains(&want.to_lowercase()), "args {args:?}: want '{want}' in: {}", lines[0]);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn argument_errors_are_one_line_and_125() {
+    expect_error(&[], "subcommand");
+    expect_error(&["frobnicate"], "unrecognized subcommand");
+    expect_error(&["boot"], "--kernel");
+    expect_error(&["boot", "--kernel", "k", "--bogus"], "--bogus");
+    expect_error(&["boot", "--kernel", "k", "--mem", "lots"], "--mem");
+    expect_error(&["boot", "--kernel", "k", "--cpus", "300"], "--cpus");
+    expect_error(&["boot", "--kernel", "k", "--hide-cpuid", "1:0:esi:3"], "esi");
+    expect_error(&["boot", "--kernel", "k", "--disk", "x.img,rx"], "rx");
+}
+
+#[test]
+fn missing_files_are_named() {
+    let dir = tmpdir("missing");
+    let k = good_kernel(&dir);
+    expect_error(&["boot", "--kernel", "/nonexistent/vmlinux"], "/nonexistent/vmlinux");
+    expect_error(&["boot", "--kernel", k.to_str().expect("utf8"), "--initrd", "/nonexistent/initrd"], "/nonexistent/initrd");
+    if kvm_usable() {
+        expect_error(&["boot", "--kernel", k.to_str().expect("utf8"), "--disk", "/nonexistent/disk.img"], "/nonexistent/disk.img");
+    }
+}
+
+#[test]
+fn bad_sizes_and_values() {
+    let dir = tmpdir("sizes");
+    let k = good_kernel(&dir);
+    let k = k.to_str().expect("utf8");
+    expect_error(&["boot", "--kernel", k, "--timeout", "-1"], "timeout");
+    if !kvm_usable() {
+        return;
+    }
+    expect_error(&["boot", "--kernel", k, "--mem", "0"], "memory");
+    expect_error(&["boot", "--kernel", k, "--mem", "999999999"], "memory");
+    expect_error(&["boot", "--kernel", k, "--cpus", "0"], "vcpu");
+    let long = "x".repeat(10_000);
+    expect_error(&["boot", "--kernel", k, "--cmdline", &long], "command line");
+}
+
+#[test]
+fn corrupt_kernels_and_oversized_initrd() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = tmpdir("corrupt");
+    let empty = dir.join("empty");
+    std::fs::write(&empty, b"").expect("write");
+    expect_error(&["boot", "--kernel", empty.to_str().expect("utf8")], "kernel");
+    let garbage = dir.join("garbage");
+    std::fs::write(&garbage, vec![0x5a; 4096]).expect("write");
+    expect_error(&["boot", "--kernel", garbage.to_str().expect("utf8")], "kernel");
+    let truncated = dir.join("truncated");
+    std::fs::write(&truncated, &elf64(EXIT_2A)[..90]).expect("write");
+    expect_error(&["boot", "--kernel", truncated.to_str().expect("utf8")], "kernel");
+    let k = good_kernel(&dir);
+    let big = dir.join("initrd");
+    std::fs::write(&big, vec![0u8; 24 << 20]).expect("write");
+    expect_error(
+        &["boot", "--kernel", k.to_str().expect("utf8"), "--mem", "16", "--initrd", big.to_str().expect("utf8")],
+        "initrd",
+    );
+}
+
+#[test]
+fn a_missing_hypervisor_is_one_clear_line() {
+    let dir = tmpdir("nokvm");
+    let k = good_kernel(&dir);
+    let out = Command::new(BIN)
+        .args(["boot", "--kernel", k.to_str().expect("utf8")])
+        .env("KRYPTON_KVM_DEVICE", "/nonexistent/kvm")
+        .output()
+        .expect("spawn");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("/nonexistent/kvm does not exist"), "{stderr}");
+}
+
+#[test]
+fn a_good_guest_exits_with_its_debug_exit_status() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = tmpdir("good");
+    let k = good_kernel(&dir);
+    let out = Command::new(BIN)
+        .args(["boot", "--kernel", k.to_str().expect("utf8"), "--serial", "none", "--timeout", "20"])
+        .output()
+        .expect("spawn");
+    assert_eq!(out.status.code(), Some((0x2a << 1) | 1), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+}
