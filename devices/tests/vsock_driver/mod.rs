@@ -69,7 +69,7 @@ pub struct Hdr {
 }
 
 impl Hdr {
-    pub fn to_bytes(&self) -> [u8; HDR] {
+    pub fn to_bytes(self) -> [u8; HDR] {
         let mut b = [0u8; HDR];
         b[0..8].copy_from_slice(&self.src_cid.to_le_bytes());
         b[8..16].copy_from_slice(&self.dst_cid.to_le_bytes());
@@ -175,6 +175,12 @@ impl std::fmt::Debug for Guest {
 impl Guest {
     /// Boots the driver: rings, event buffers, RX ring filled, device activated.
     pub fn new(layout: Layout, host: VsockHost, cid: u64) -> Guest {
+        Self::with_rx(layout, host, cid, true)
+    }
+
+    /// Like [`Guest::new`]; `fill` false posts no RX buffers (and keeps
+    /// `rx_enabled` off) so a test can post its own.
+    pub fn with_rx(layout: Layout, host: VsockHost, cid: u64, fill: bool) -> Guest {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 32 << 20)]).expect("mem");
         let rx = Ring::new(&mem, 0, 256);
         let tx = Ring::new(&mem, 0x1_0000, 256);
@@ -211,7 +217,10 @@ impl Guest {
             let ids = g.ev.alloc(1).expect("event desc");
             g.ev.publish(&g.mem, &ids, &[(EV_BASE + 8 * u64::from(i), 4, true)]);
         }
-        g.fill_rx();
+        g.rx_enabled = fill;
+        if fill {
+            g.fill_rx();
+        }
         let ctx = ActivateContext {
             mem,
             interrupt: irq,
@@ -259,9 +268,16 @@ impl Guest {
         self.tx.free_count()
     }
 
-    /// Direct access to the TX ring for hand-made (broken) chains.
-    pub fn tx_ring(&mut self) -> (&GuestMem, &mut Ring) {
-        (&self.mem, &mut self.tx)
+    /// Posts hand-made TX descriptors (addr, len, flags, next as an index
+    /// into `descs`); the first one is the head.
+    pub fn post_tx_descs(&mut self, descs: &[(u64, u32, u16, usize)]) {
+        let ids = self.tx.alloc(descs.len()).expect("free TX descriptors");
+        for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
+            self.tx.write_desc(&self.mem, ids[i], addr, len, flags, ids[next]);
+        }
+        self.tx.push_avail(&self.mem, ids[0]);
+        self.tx_chains.insert(ids[0], ids);
+        self.notify.signal();
     }
 
     /// Posts a raw TX chain of (bytes, writable) buffers.
