@@ -13,6 +13,8 @@
 //! backpressures the writer instead of growing a buffer.
 
 mod conn;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod host;
 mod muxer;
 pub mod packet;
@@ -177,28 +179,4 @@ fn run(mut mux: muxer::Muxer, mut ctx: ActivateContext, stop: &AtomicBool) {
 
 fn needs_irq(mem: &GuestMem, q: &mut Queue) -> bool {
     q.needs_notification(mem).unwrap_or(true)
-}
-
-/// Drives a device's packet engine synchronously, for fuzzing and tests:
-/// one call runs host events, the TX queue and the RX queue once.
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct SyncEngine(muxer::Muxer);
-
-impl SyncEngine {
-    /// An engine for guest `cid` bridged to `host`.
-    pub fn new(cid: u64, host: VsockHost) -> Self {
-        Self(muxer::Muxer::new(cid, host))
-    }
-
-    /// One pass; returns (TX chains consumed, RX chains used).
-    pub fn process(&mut self, mem: &GuestMem, queues: &mut [Queue]) -> (usize, usize) {
-        let p = self.0.process(mem, queues);
-        (p.tx_used, p.rx_used)
-    }
-
-    /// Live connections.
-    pub fn connections(&self) -> usize {
-        self.0.connections()
-    }
 }

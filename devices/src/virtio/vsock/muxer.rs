@@ -10,7 +10,7 @@ use virtio_queue::{Queue, QueueT};
 use super::conn::{Conn, State, pending};
 use super::host::handshake_ok_line;
 use super::host::io::{CONN_BUF, HostIo};
-use super::host::{CONNECT_TIMEOUT, HostRequest, Reply, VsockHost};
+use super::host::{CONNECT_TIMEOUT, ConnectDone, HostRequest, Reply, VsockHost};
 use super::packet::{self, HDR_LEN, Hdr, MAX_PKT_PAYLOAD, TYPE_STREAM, op};
 use super::{HOST_CID, MAX_CONNECTIONS, RX_QUEUE, TX_QUEUE};
 use crate::GuestMem;
@@ -43,6 +43,7 @@ pub struct Muxer {
     ready: VecDeque<Key>,
     next_port: u32,
     scratch: Vec<u8>,
+    detached: bool,
 }
 
 impl Muxer {
@@ -56,6 +57,7 @@ impl Muxer {
             ready: VecDeque::new(),
             next_port: FIRST_LOCAL_PORT,
             scratch: Vec::with_capacity(MAX_PKT_PAYLOAD),
+            detached: false,
         }
     }
 
@@ -129,18 +131,54 @@ impl Muxer {
             self.host_request(req);
         }
         for d in done {
-            let Some(c) = self.conns.get_mut(&d.key) else { continue };
-            if c.state != State::PeerInit || !Arc::ptr_eq(&c.io, &d.io) {
-                continue;
-            }
-            if d.ok {
-                c.state = State::Established;
-                c.pending |= pending::RESPONSE;
-                c.io.lock().established = true;
-                c.io.wake_tasks();
-                self.mark_ready(d.key);
-            } else {
-                self.reset(d.key);
+            self.connect_done(d);
+        }
+    }
+
+    fn connect_done(&mut self, d: ConnectDone) {
+        let Some(c) = self.conns.get_mut(&d.key) else { return };
+        if c.state != State::PeerInit || !Arc::ptr_eq(&c.io, &d.io) {
+            return;
+        }
+        if d.ok {
+            c.state = State::Established;
+            c.pending |= pending::RESPONSE;
+            c.io.lock().established = true;
+            c.io.wake_tasks();
+            self.mark_ready(d.key);
+        } else {
+            self.reset(d.key);
+        }
+    }
+
+    /// Fuzzing: host connections without I/O tasks. Guest connection
+    /// requests succeed at once; the buffers are driven by the caller.
+    pub fn set_detached(&mut self, detached: bool) {
+        self.detached = detached;
+    }
+
+    /// Fuzzing: a host program asks for guest port `port` (no I/O task).
+    pub fn open_detached(&mut self, port: u32) {
+        let io = self.host.new_io();
+        self.host_request(HostRequest { port, io, reply: Reply::Preamble, created: Instant::now() });
+    }
+
+    /// Fuzzing: the host side of every connection does `sel` with `data`.
+    pub fn host_step(&mut self, sel: u8, data: &[u8]) {
+        for c in self.conns.values() {
+            let mut st = c.io.lock();
+            match sel % 4 {
+                0 => {
+                    let room = CONN_BUF.saturating_sub(st.to_guest.len()).min(data.len());
+                    st.to_guest.extend(&data[..room]);
+                }
+                1 => {
+                    let n = st.to_host.len().min(data.len() * 1024);
+                    st.to_host.drain(..n);
+                    st.delivered = st.delivered.wrapping_add(n as u32);
+                }
+                2 => st.host_eof = true,
+                _ => st.failed = data.first().is_some_and(|b| b & 1 == 1),
             }
         }
     }
@@ -279,7 +317,11 @@ impl Muxer {
         let mut c = Conn::new(State::PeerInit, Arc::clone(&io));
         c.update_peer_credit(hdr);
         self.conns.insert(key, c);
-        self.host.connect_host(key, io);
+        if self.detached {
+            self.connect_done(ConnectDone { key, io, ok: true });
+        } else {
+            self.host.connect_host(key, io);
+        }
     }
 
     /// Applies host-side changes to every connection.
