@@ -176,7 +176,7 @@ pub fn run(data: &[u8]) -> usize {
             }
             _ => {
                 // A raw descriptor with input-chosen fields (loops, holes).
-                let addr = u64::from(input.u16().unwrap_or(0)) << input.byte().unwrap_or(0) % 48;
+                let addr = u64::from(input.u16().unwrap_or(0)) << (input.byte().unwrap_or(0) % 48);
                 let len = u32::from(input.u16().unwrap_or(0)) << 4;
                 let flags = u16::from(input.byte().unwrap_or(0) & 7);
                 let next = input.byte().map(|b| u16::from(b) % QSIZE);
