@@ -1,0 +1,464 @@
+//! Conformance guests: the entry modes, the fixed low-memory layout every
+//! guest uses, and a thin wrapper over iced-x86's code assembler that adds
+//! "check this register, else exit with a numbered failure code".
+
+use super::CaseFailure;
+use crate::hv::{CpuState, Regs, Segment, Sregs};
+use iced_x86::BlockEncoderOptions;
+use iced_x86::code_asm::*;
+use krypton_boot::layout::DEBUG_EXIT_PORT;
+
+/// The CPU mode a conformance guest starts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// 16-bit real mode, CS=0x1000 (code at 0x10000).
+    Real,
+    /// 32-bit flat protected mode, paging off (PVH-style).
+    Protected,
+    /// 64-bit long mode with identity-mapped 2 MiB pages over 4 GiB.
+    Long,
+}
+
+impl Mode {
+    /// Short name used in case names ("real", "prot", "long").
+    pub fn short(self) -> &'static str {
+        match self {
+            Mode::Real => "real",
+            Mode::Protected => "prot",
+            Mode::Long => "long",
+        }
+    }
+
+    fn bitness(self) -> u32 {
+        match self {
+            Mode::Real => 16,
+            Mode::Protected => 32,
+            Mode::Long => 64,
+        }
+    }
+}
+
+/// Low-memory layout shared by all guests.
+pub mod addr {
+    /// Variables the guest and its interrupt handlers share (markers, counters).
+    pub const DATA: u64 = 0x500;
+    /// Where a failing check stores the value it saw (8 bytes).
+    pub const ACTUAL: u64 = 0x600;
+    /// Ten zero bytes: an IDT pseudo-descriptor with limit 0.
+    pub const NULL_IDTR: u64 = 0x700;
+    /// The GDT.
+    pub const GDT: u64 = 0x1000;
+    /// The IDT (protected and long mode).
+    pub const IDT: u64 = 0x2000;
+    /// PML4; the PDPT and four page directories follow it.
+    pub const PML4: u64 = 0x3000;
+    /// Initial stack pointer (grows down).
+    pub const STACK_TOP: u64 = 0xf000;
+    /// Guest code.
+    pub const CODE: u64 = 0x1_0000;
+    /// Real-mode code segment (base `CODE`).
+    pub const REAL_CS: u16 = (CODE >> 4) as u16;
+}
+
+/// GDT selectors.
+const SEL_CODE32: u16 = 0x08;
+const SEL_DATA: u16 = 0x10;
+const SEL_CODE64: u16 = 0x18;
+const SEL_TSS: u16 = 0x20;
+
+/// The value a guest writes to the debug-exit port when every check passed.
+pub const PASS: u32 = 0x600d;
+/// First failure code; check `n` fails with `FAIL_BASE + n`.
+pub const FAIL_BASE: u32 = 0x1000;
+/// First "cannot run here" code; reason `n` exits with `SKIP_BASE + n`.
+pub const SKIP_BASE: u32 = 0x2000;
+
+/// A guest program under construction.
+pub struct GuestAsm {
+    /// The underlying assembler; cases emit instructions into it directly.
+    pub a: CodeAssembler,
+    /// The entry mode.
+    pub mode: Mode,
+    checks: Vec<String>,
+    skips: Vec<String>,
+    vectors: Vec<(u8, CodeLabel)>,
+}
+
+impl std::fmt::Debug for GuestAsm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestAsm").field("mode", &self.mode).field("checks", &self.checks).finish()
+    }
+}
+
+/// An assembled guest, ready to load.
+#[derive(Debug, Clone)]
+pub struct Assembled {
+    /// The entry mode.
+    pub mode: Mode,
+    /// Machine code, loaded at [`addr::CODE`].
+    pub code: Vec<u8>,
+    /// Interrupt vectors and the handler's offset from `addr::CODE`.
+    pub vectors: Vec<(u8, u64)>,
+    /// What each numbered check tested.
+    pub checks: Vec<String>,
+    /// Why each numbered skip code would be taken.
+    pub skips: Vec<String>,
+}
+
+/// What the debug-exit value of a guest means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestVerdict {
+    /// Every check passed.
+    Pass,
+    /// This check failed.
+    Failed(String),
+    /// The guest found it cannot run here (for example a missing CPUID bit).
+    Skipped(String),
+    /// A value the guest program never writes.
+    Unknown(u32),
+}
+
+impl Assembled {
+    /// Interprets a debug-exit value written by this guest.
+    pub fn verdict(&self, value: u32) -> GuestVerdict {
+        if value == PASS {
+            return GuestVerdict::Pass;
+        }
+        let find = |base: u32, list: &[String]| {
+            value.checked_sub(base).and_then(|n| list.get(n as usize)).cloned()
+        };
+        if let Some(c) = find(FAIL_BASE, &self.checks) {
+            return GuestVerdict::Failed(c);
+        }
+        if let Some(s) = find(SKIP_BASE, &self.skips) {
+            return GuestVerdict::Skipped(s);
+        }
+        GuestVerdict::Unknown(value)
+    }
+}
+
+impl GuestAsm {
+    /// Starts a guest program for `mode`.
+    pub fn new(mode: Mode) -> Result<Self, CaseFailure> {
+        Ok(GuestAsm {
+            a: CodeAssembler::new(mode.bitness())?,
+            mode,
+            checks: Vec::new(),
+            skips: Vec::new(),
+            vectors: Vec::new(),
+        })
+    }
+
+    /// Writes `value` to the debug-exit port, then halts forever.
+    pub fn exit(&mut self, value: u32) -> Result<(), CaseFailure> {
+        self.a.mov(eax, value)?;
+        self.a.out(u32::from(DEBUG_EXIT_PORT), eax)?;
+        let mut again = self.a.create_label();
+        self.a.set_label(&mut again)?;
+        self.a.cli()?;
+        self.a.hlt()?;
+        self.a.jmp(again)?;
+        Ok(())
+    }
+
+    /// Exits with [`PASS`].
+    pub fn pass(&mut self) -> Result<(), CaseFailure> {
+        self.exit(PASS)
+    }
+
+    /// Registers a new check and returns its failure code.
+    fn new_check(&mut self, what: String) -> u32 {
+        self.checks.push(what);
+        FAIL_BASE + (self.checks.len() as u32 - 1)
+    }
+
+    /// Emits the "branch if equal, else store the value and fail" tail after
+    /// a `cmp`. `store` saves the compared register at [`addr::ACTUAL`].
+    fn fail_unless_equal(
+        &mut self,
+        what: String,
+        store: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+    ) -> Result<(), CaseFailure> {
+        let code = self.new_check(what);
+        let mut ok = self.a.create_label();
+        self.a.je(ok)?;
+        store(&mut self.a)?;
+        self.exit(code)?;
+        self.a.set_label(&mut ok)?;
+        Ok(())
+    }
+
+    /// Fails unless AL == `v`.
+    pub fn expect_al(&mut self, v: u8, what: &str) -> Result<(), CaseFailure> {
+        self.a.cmp(al, u32::from(v))?;
+        self.fail_unless_equal(format!("{what}: expected AL={v:#04x}"), |a| {
+            a.mov(byte_ptr(addr::ACTUAL), al)
+        })
+    }
+
+    /// Fails unless AX == `v`.
+    pub fn expect_ax(&mut self, v: u16, what: &str) -> Result<(), CaseFailure> {
+        self.a.cmp(ax, u32::from(v))?;
+        self.fail_unless_equal(format!("{what}: expected AX={v:#06x}"), |a| {
+            a.mov(word_ptr(addr::ACTUAL), ax)
+        })
+    }
+
+    /// Fails unless EAX == `v`.
+    pub fn expect_eax(&mut self, v: u32, what: &str) -> Result<(), CaseFailure> {
+        self.a.cmp(eax, v)?;
+        self.fail_unless_equal(format!("{what}: expected EAX={v:#010x}"), |a| {
+            a.mov(dword_ptr(addr::ACTUAL), eax)
+        })
+    }
+
+    /// Fails unless RAX == `v` (long mode only; clobbers RCX).
+    pub fn expect_rax(&mut self, v: u64, what: &str) -> Result<(), CaseFailure> {
+        self.a.mov(rcx, v)?;
+        self.a.cmp(rax, rcx)?;
+        self.fail_unless_equal(format!("{what}: expected RAX={v:#018x}"), |a| {
+            a.mov(qword_ptr(addr::ACTUAL), rax)
+        })
+    }
+
+    /// Fails unconditionally (code reached only if something did not happen).
+    pub fn fail(&mut self, what: &str) -> Result<(), CaseFailure> {
+        let code = self.new_check(what.to_string());
+        self.exit(code)
+    }
+
+    /// Exits with a skip code whose reason is `why`.
+    pub fn skip(&mut self, why: &str) -> Result<(), CaseFailure> {
+        self.skips.push(why.to_string());
+        self.exit(SKIP_BASE + (self.skips.len() as u32 - 1))
+    }
+
+    /// Makes `label` the handler of interrupt `vector`.
+    pub fn vector(&mut self, vector: u8, label: CodeLabel) {
+        self.vectors.push((vector, label));
+    }
+
+    /// A memory operand `[base + off]` where the base register (EBX/RBX)
+    /// holds a 32-bit address loaded by [`GuestAsm::load_base`].
+    pub fn at(&self, off: i32) -> AsmMemoryOperand {
+        match self.mode {
+            Mode::Long => rbx + off,
+            _ => ebx + off,
+        }
+    }
+
+    /// Loads `base` (below 4 GiB) into EBX/RBX for [`GuestAsm::at`].
+    pub fn load_base(&mut self, base: u64) -> Result<(), CaseFailure> {
+        let base = u32::try_from(base).map_err(|_| CaseFailure::Fail("base above 4 GiB".into()))?;
+        // In long mode a 32-bit move zero-extends into RBX.
+        self.a.mov(ebx, base)?;
+        Ok(())
+    }
+
+    /// Returns from an interrupt handler with the mode's IRET form.
+    pub fn iret(&mut self) -> Result<(), CaseFailure> {
+        match self.mode {
+            Mode::Real => self.a.iret()?,
+            Mode::Protected => self.a.iretd()?,
+            Mode::Long => self.a.iretq()?,
+        }
+        Ok(())
+    }
+
+    /// Returns from a hardware-interrupt handler. Same as [`GuestAsm::iret`]
+    /// except in 32-bit protected mode, which uses the equivalent
+    /// `push [esp+8]; popfd; retf 4` (same privilege, so the frame is EIP,
+    /// CS, EFLAGS): KVM's instruction emulator, which runs 32-bit guests on
+    /// kvm_pvm hosts, does not implement protected-mode IRET, and these
+    /// cases test interrupt delivery, not IRET (the `iret` case does).
+    pub fn return_from_interrupt(&mut self) -> Result<(), CaseFailure> {
+        if self.mode != Mode::Protected {
+            return self.iret();
+        }
+        self.a.push(dword_ptr(esp + 8))?;
+        self.a.popfd()?;
+        self.a.retf_1(4)?;
+        Ok(())
+    }
+
+    /// Assembles for loading at [`addr::CODE`].
+    pub fn assemble(mut self) -> Result<Assembled, CaseFailure> {
+        // Real mode runs with CS base = CODE, so offsets start at 0.
+        let ip = if self.mode == Mode::Real { 0 } else { addr::CODE };
+        let res = self.a.assemble_options(ip, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)?;
+        let mut vectors = Vec::new();
+        for (v, label) in &self.vectors {
+            vectors.push((*v, res.label_ip(label)? - ip));
+        }
+        let code = res.inner.code_buffer;
+        Ok(Assembled { mode: self.mode, code, vectors, checks: self.checks, skips: self.skips })
+    }
+}
+
+/// Flat descriptor: base 0, limit 4 GiB, given access byte and flags nibble.
+fn gdt_entry(access: u8, flags: u8) -> u64 {
+    0xffff | (u64::from(access) << 40) | (0xf << 48) | (u64::from(flags) << 52)
+}
+
+/// The GDT all protected/long-mode guests load.
+pub fn gdt() -> [u64; 5] {
+    [
+        0,
+        gdt_entry(0x9a, 0xc), // 0x08: 32-bit code
+        gdt_entry(0x92, 0xc), // 0x10: data
+        gdt_entry(0x9a, 0xa), // 0x18: 64-bit code
+        0,                    // 0x20: TSS placeholder (only its cache is used)
+    ]
+}
+
+/// The low-memory image a guest needs besides its code: (address, bytes).
+pub fn memory_image(g: &Assembled) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let gdt_bytes: Vec<u8> = gdt().iter().flat_map(|e| e.to_le_bytes()).collect();
+    out.push((addr::GDT, gdt_bytes));
+    match g.mode {
+        Mode::Real => {
+            let mut ivt = Vec::new();
+            for (v, off) in &g.vectors {
+                let mut e = (*off as u16).to_le_bytes().to_vec();
+                e.extend_from_slice(&addr::REAL_CS.to_le_bytes());
+                ivt.push((u64::from(*v) * 4, e));
+            }
+            out.extend(ivt);
+        }
+        Mode::Protected => {
+            for (v, off) in &g.vectors {
+                let target = addr::CODE + off;
+                let e = (target & 0xffff)
+                    | (u64::from(SEL_CODE32) << 16)
+                    | (0x8e << 40)
+                    | ((target >> 16) << 48);
+                out.push((addr::IDT + u64::from(*v) * 8, e.to_le_bytes().to_vec()));
+            }
+        }
+        Mode::Long => {
+            for (v, off) in &g.vectors {
+                let target = addr::CODE + off;
+                let lo = (target & 0xffff)
+                    | (u64::from(SEL_CODE64) << 16)
+                    | (0x8e << 40)
+                    | (((target >> 16) & 0xffff) << 48);
+                let mut e = lo.to_le_bytes().to_vec();
+                e.extend_from_slice(&(target >> 32).to_le_bytes());
+                out.push((addr::IDT + u64::from(*v) * 16, e));
+            }
+            out.extend(page_tables());
+        }
+    }
+    out
+}
+
+/// Identity map of the low 4 GiB with 2 MiB pages; the top GiB (MMIO) is
+/// uncached. PML4 at `addr::PML4`, PDPT after it, then four directories.
+fn page_tables() -> Vec<(u64, Vec<u8>)> {
+    const PRESENT_RW: u64 = 0x3;
+    const LARGE: u64 = 0x80;
+    const PCD_PWT: u64 = 0x18;
+    let pdpt = addr::PML4 + 0x1000;
+    let pd0 = pdpt + 0x1000;
+    let mut out = vec![(addr::PML4, (pdpt | PRESENT_RW).to_le_bytes().to_vec())];
+    let pdpt_entries: Vec<u8> =
+        (0..4u64).flat_map(|i| ((pd0 + i * 0x1000) | PRESENT_RW).to_le_bytes()).collect();
+    out.push((pdpt, pdpt_entries));
+    for i in 0..4u64 {
+        let cache = if i == 3 { PCD_PWT } else { 0 };
+        let pd: Vec<u8> = (0..512u64)
+            .flat_map(|j| (((i << 30) | (j << 21)) | PRESENT_RW | LARGE | cache).to_le_bytes())
+            .collect();
+        out.push((pd0 + i * 0x1000, pd));
+    }
+    out
+}
+
+/// Highest address used by [`memory_image`] plus the code (for sizing RAM).
+pub fn image_end(g: &Assembled) -> u64 {
+    addr::CODE + g.code.len() as u64
+}
+
+fn seg(selector: u16, type_: u8, db: bool, l: bool) -> Segment {
+    Segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_,
+        present: true,
+        dpl: 0,
+        db,
+        s: true,
+        l,
+        g: true,
+        avl: false,
+        unusable: false,
+    }
+}
+
+fn real_seg(selector: u16, type_: u8) -> Segment {
+    Segment {
+        base: u64::from(selector) << 4,
+        limit: 0xffff,
+        selector,
+        type_,
+        present: true,
+        s: true,
+        ..Segment::default()
+    }
+}
+
+/// The boot vCPU's entry state for a guest in `mode`.
+pub fn entry_state(mode: Mode) -> CpuState {
+    const CR0_PE: u64 = 1;
+    const CR0_ET: u64 = 1 << 4;
+    const CR0_NE: u64 = 1 << 5;
+    const CR0_PG: u64 = 1 << 31;
+    const CR4_PAE: u64 = 1 << 5;
+    const EFER_LME: u64 = 1 << 8;
+    const EFER_LMA: u64 = 1 << 10;
+    let tr = Segment {
+        limit: 0x67,
+        selector: SEL_TSS,
+        type_: 11,
+        present: true,
+        ..Segment::default()
+    };
+    let ldt = Segment { type_: 2, present: true, unusable: true, ..Segment::default() };
+    let gdt = crate::hv::DescriptorTable { base: addr::GDT, limit: (gdt().len() * 8 - 1) as u16 };
+    let mut sregs = Sregs { tr, ldt, gdt, ..Sregs::default() };
+    let mut regs = Regs { rflags: 2, rsp: addr::STACK_TOP, ..Regs::default() };
+    match mode {
+        Mode::Real => {
+            let data = real_seg(0, 3);
+            sregs.cs = real_seg(addr::REAL_CS, 0xb);
+            (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
+            sregs.tr = Segment { limit: 0xffff, type_: 3, present: true, ..Segment::default() };
+            sregs.idt = crate::hv::DescriptorTable { base: 0, limit: 0x3ff };
+            sregs.cr0 = CR0_ET;
+            regs.rip = 0;
+        }
+        Mode::Protected | Mode::Long => {
+            let long = mode == Mode::Long;
+            let data = seg(SEL_DATA, 3, true, false);
+            sregs.cs = if long {
+                seg(SEL_CODE64, 0xb, false, true)
+            } else {
+                seg(SEL_CODE32, 0xb, true, false)
+            };
+            (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
+            let idt_entry = if long { 16 } else { 8 };
+            sregs.idt = crate::hv::DescriptorTable { base: addr::IDT, limit: 256 * idt_entry - 1 };
+            sregs.cr0 = CR0_PE | CR0_ET | CR0_NE;
+            if long {
+                sregs.cr0 |= CR0_PG;
+                sregs.cr3 = addr::PML4;
+                sregs.cr4 = CR4_PAE;
+                sregs.efer = EFER_LME | EFER_LMA;
+            }
+            regs.rip = addr::CODE;
+        }
+    }
+    CpuState { regs, sregs, msrs: Vec::new() }
+}
