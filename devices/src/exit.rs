@@ -12,6 +12,9 @@ pub enum GuestExit {
     Reset,
     /// The guest kernel panicked.
     Panic,
+    /// The host (not the guest) ended the VM, e.g. `krypton run` after the
+    /// command's exit status arrived.
+    HostStop,
 }
 
 type Waker = Box<dyn Fn() + Send + Sync>;

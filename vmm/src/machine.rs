@@ -86,6 +86,8 @@ pub enum Outcome {
     Halted,
     /// The run's time limit passed.
     Timeout,
+    /// The VMM stopped the VM on the host's request.
+    Stopped,
 }
 
 /// Errors while building or running a VM.
@@ -373,6 +375,7 @@ fn outcome(requested: Option<GuestExit>, stops: Vec<(u8, VcpuStop)>) -> Result<O
         Some(GuestExit::DebugExit(v)) => return Ok(Outcome::DebugExit(v)),
         Some(GuestExit::Reset) => return Ok(Outcome::Reset),
         Some(GuestExit::Panic) => return Ok(Outcome::Panic),
+        Some(GuestExit::HostStop) => return Ok(Outcome::Stopped),
         None => {}
     }
     match stops.into_iter().next() {

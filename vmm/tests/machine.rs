@@ -114,3 +114,24 @@ fn bad_sizes_are_rejected_before_anything_runs() {
     let bad_cpus = MachineConfig { mem_mib: 16, cpus: 0, serial: SerialOut::Null, hide_cpuid: vec![] };
     assert!(matches!(Machine::new(hv.as_ref(), bad_cpus), Err(MachineError::CpuCount(0))));
 }
+
+#[test]
+fn the_boot_vcpu_starts_an_ap_with_init_sipi() {
+    let Some(hv) = hypervisor() else { return };
+    let m = machine(hv.as_ref(), SerialOut::Null, 2);
+    #[rustfmt::skip]
+    let bsp = [
+        0xc7, 0x05, 0xf0, 0x00, 0xe0, 0xfe, 0xff, 0x01, 0x00, 0x00, // mov [APIC SVR], 0x1ff (enable)
+        0xc7, 0x05, 0x10, 0x03, 0xe0, 0xfe, 0x00, 0x00, 0x00, 0x01, // mov [ICR high], APIC ID 1
+        0xc7, 0x05, 0x00, 0x03, 0xe0, 0xfe, 0x00, 0x45, 0x00, 0x00, // mov [ICR low], INIT assert
+        0xc7, 0x05, 0x00, 0x03, 0xe0, 0xfe, 0x02, 0x46, 0x00, 0x00, // mov [ICR low], SIPI vector 2 (0x2000)
+        0xeb, 0xfe,                                                 // jmp $
+    ];
+    // The AP starts in real mode at 0x2000: mov al, 0x11 ; out 0xf4, al ; hlt
+    let ap = [0xb0, 0x11, 0xe6, 0xf4, 0xf4];
+    m.memory().write_slice(&bsp, GuestAddress(0x1000)).expect("load");
+    m.memory().write_slice(&ap, GuestAddress(0x2000)).expect("load");
+    let state = krypton_boot::entry::protected_mode_state(m.memory(), 0x1000, 0).expect("state");
+    let out = m.run(state, Some(Duration::from_secs(20)));
+    assert_eq!(out.expect("run"), Outcome::DebugExit(0x11), "the AP ran its startup code");
+}

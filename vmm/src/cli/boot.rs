@@ -1,11 +1,13 @@
 //! `krypton boot`: boot a kernel (ELF vmlinux, bzImage) or an ELF test guest.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use krypton_boot::kernel::{BootProtocol, ImageSource, KernelConfig, load_kernel};
+use krypton_boot::cpu::CpuState;
 use krypton_boot::mptable::{Polarity, Trigger};
+use krypton_devices::virtio::vsock::VsockHost;
 
 use super::devices::{self, DeviceArgs};
 use super::{fail, one_line, status};
@@ -87,7 +89,7 @@ fn serial_out(s: &str) -> SerialOut {
 pub fn exit_status(outcome: Outcome) -> u8 {
     match outcome {
         Outcome::DebugExit(v) => ((v << 1) | 1) as u8,
-        Outcome::Reset | Outcome::Shutdown | Outcome::Halted => status::OK,
+        Outcome::Reset | Outcome::Shutdown | Outcome::Halted | Outcome::Stopped => status::OK,
         Outcome::Panic => status::GUEST_PANIC,
         Outcome::Timeout => status::TIMEOUT,
     }
@@ -104,44 +106,82 @@ pub fn run(args: BootArgs) -> ExitCode {
     }
 }
 
-fn boot(args: BootArgs) -> Result<Outcome, String> {
-    let timeout = match args.timeout {
-        Some(t) if !(t.is_finite() && t > 0.0 && t < 1e9) => {
-            return Err(format!("--timeout {t} must be a positive number of seconds"));
-        }
-        t => t.map(Duration::from_secs_f64),
-    };
-    if let Err(e) = std::fs::metadata(&args.kernel) {
-        return Err(format!("cannot read kernel {}: {e}", args.kernel.display()));
+/// Everything needed to assemble a VM from the command line.
+pub(super) struct VmSpec<'a> {
+    pub kernel: &'a Path,
+    pub initrd: Option<&'a Path>,
+    pub cmdline: Option<String>,
+    pub mem: u64,
+    pub cpus: u8,
+    pub serial: SerialOut,
+    pub hide_cpuid: Vec<(u32, u32, u8, u8)>,
+    pub linux64: bool,
+    pub devices: &'a DeviceArgs,
+}
+
+/// A VM ready to run.
+pub(super) struct PreparedVm {
+    pub machine: Machine,
+    pub state: CpuState,
+    pub vsock: VsockHost,
+}
+
+/// Opens the hypervisor, builds the machine and its devices, loads the kernel.
+pub(super) fn prepare(spec: VmSpec<'_>) -> Result<PreparedVm, String> {
+    if let Err(e) = std::fs::metadata(spec.kernel) {
+        return Err(format!("cannot read kernel {}: {e}", spec.kernel.display()));
     }
-    if let Some(initrd) = &args.initrd {
+    if let Some(initrd) = spec.initrd {
         std::fs::metadata(initrd).map_err(|e| format!("cannot read initrd {}: {e}", initrd.display()))?;
     }
     let hv = crate::hv::new(crate::hv::Backend::host_default()).map_err(|e| one_line(&e))?;
-    let cfg = MachineConfig {
-        mem_mib: args.mem,
-        cpus: args.cpus,
-        serial: serial_out(&args.serial),
-        hide_cpuid: args.hide_cpuid,
-    };
+    let cfg = MachineConfig { mem_mib: spec.mem, cpus: spec.cpus, serial: spec.serial, hide_cpuid: spec.hide_cpuid };
     let mut machine = Machine::new(hv.as_ref(), cfg).map_err(|e| one_line(&e))?;
-    devices::add_all(&mut machine, &args.devices)?;
-    let ram = krypton_boot::layout::ram_regions(args.mem << 20);
-    let mut kcfg = KernelConfig::new(ImageSource::File(args.kernel.clone()), machine.cpus(), ram);
-    kcfg.initrd = args.initrd.clone().map(ImageSource::File);
-    if let Some(c) = args.cmdline {
+    let vsock = devices::add_all(&mut machine, spec.devices)?;
+    let ram = krypton_boot::layout::ram_regions(spec.mem << 20);
+    let mut kcfg = KernelConfig::new(ImageSource::File(spec.kernel.to_path_buf()), machine.cpus(), ram);
+    kcfg.initrd = spec.initrd.map(|p| ImageSource::File(p.to_path_buf()));
+    if let Some(c) = spec.cmdline {
         kcfg.cmdline = c;
     }
     kcfg.virtio_devices = machine.virtio_devices().to_vec();
     // The transport pulses its line on every interrupt (edge, active high).
     kcfg.virtio_trigger = Trigger::Edge;
     kcfg.virtio_polarity = Polarity::ActiveHigh;
-    if args.linux64 {
+    if spec.linux64 {
         kcfg.protocol = BootProtocol::ForceLinux64;
     }
     let state = load_kernel(machine.memory(), &kcfg).map_err(|e| one_line(&e))?;
     log::info!("kernel command line: {}", kcfg.full_cmdline());
-    machine.run(state, timeout).map_err(|e| one_line(&e))
+    Ok(PreparedVm { machine, state, vsock })
+}
+
+fn boot(args: BootArgs) -> Result<Outcome, String> {
+    let timeout = parse_timeout(args.timeout)?;
+    let vm = prepare(VmSpec {
+        kernel: &args.kernel,
+        initrd: args.initrd.as_deref(),
+        cmdline: args.cmdline,
+        mem: args.mem,
+        cpus: args.cpus,
+        serial: serial_out(&args.serial),
+        hide_cpuid: args.hide_cpuid,
+        linux64: args.linux64,
+        devices: &args.devices,
+    })?;
+    // The vsock host (and its socket) lives until the VM has stopped.
+    let _vsock = vm.vsock;
+    vm.machine.run(vm.state, timeout).map_err(|e| one_line(&e))
+}
+
+/// Validates a `--timeout` in seconds.
+pub(super) fn parse_timeout(t: Option<f64>) -> Result<Option<Duration>, String> {
+    match t {
+        Some(t) if !(t.is_finite() && t > 0.0 && t < 1e9) => {
+            Err(format!("--timeout {t} must be a positive number of seconds"))
+        }
+        t => Ok(t.map(Duration::from_secs_f64)),
+    }
 }
 
 #[cfg(test)]

@@ -46,7 +46,7 @@ pub fn parse_disk(s: &str) -> Result<DiskArg, String> {
 }
 
 /// Adds every requested device to `machine`, disks first (so the first disk is vda).
-pub fn add_all(machine: &mut Machine, args: &DeviceArgs) -> Result<Option<VsockHost>, String> {
+pub fn add_all(machine: &mut Machine, args: &DeviceArgs) -> Result<VsockHost, String> {
     for d in &args.disks {
         let blk = Block::new(&d.path, d.read_only)
             .map_err(|e| format!("disk {}: {}", d.path.display(), one_line(&e)))?;
@@ -58,7 +58,7 @@ pub fn add_all(machine: &mut Machine, args: &DeviceArgs) -> Result<Option<VsockH
     };
     let vsock = Vsock::new(args.cid, host.clone()).map_err(|e| format!("vsock: {}", one_line(&e)))?;
     machine.add_virtio_device(Box::new(vsock)).map_err(|e| one_line(&e))?;
-    Ok(Some(host))
+    Ok(host)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 mod boot;
 mod devices;
+mod run;
 
 use std::process::ExitCode;
 
@@ -12,8 +13,9 @@ use clap::{Parser, Subcommand};
 pub mod status {
     /// The guest shut down or reset cleanly.
     pub const OK: u8 = 0;
-    /// The guest kernel panicked (`krypton boot`).
-    pub const GUEST_PANIC: u8 = 2;
+    /// The guest kernel panicked. Even, so it never collides with a
+    /// debug-exit status ((v << 1) | 1).
+    pub const GUEST_PANIC: u8 = 120;
     /// The time limit passed.
     pub const TIMEOUT: u8 = 124;
     /// The VMM failed, or the input was bad.
@@ -34,6 +36,8 @@ struct Cli {
 enum Command {
     /// Boot a kernel or test guest and run it until it exits.
     Boot(boot::BootArgs),
+    /// Run a command in a Linux container inside a fresh micro-VM.
+    Run(run::RunArgs),
     /// Run the conformance guests against this host's hypervisor.
     Selftest(SelftestArgs),
 }
@@ -102,6 +106,7 @@ pub fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Boot(args) => boot::run(args),
+        Command::Run(args) => run::run(args),
         Command::Selftest(args) => selftest(args),
     }
 }
