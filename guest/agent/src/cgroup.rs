@@ -19,7 +19,11 @@ pub enum Cgroups {
     /// Unified hierarchy rooted here.
     V2(PathBuf),
     /// v1 controller mounts (memory, pids, cpu); any may be missing.
-    V1 { memory: Option<PathBuf>, pids: Option<PathBuf>, cpu: Option<PathBuf> },
+    V1 {
+        memory: Option<PathBuf>,
+        pids: Option<PathBuf>,
+        cpu: Option<PathBuf>,
+    },
     /// No usable hierarchy; the reason.
     None(String),
 }
@@ -69,7 +73,10 @@ impl Cgroups {
         let have = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
         for c in ["memory", "pids", "cpu"] {
             if !have.split_whitespace().any(|h| h == c) {
-                bail!("cgroup2 at {} lacks the {c} controller (bound to v1?)", root.display());
+                bail!(
+                    "cgroup2 at {} lacks the {c} controller (bound to v1?)",
+                    root.display()
+                );
             }
         }
         let parent = root.join(PARENT);
@@ -89,7 +96,11 @@ impl Cgroups {
 
     /// Creates a cgroup for one container and applies `limits`.
     pub fn create(&self, limits: &Limits) -> Result<Option<Cgroup>> {
-        let name = format!("{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         let cg = match self {
             Cgroups::None(why) => {
                 if *limits != Limits::default() {
@@ -100,7 +111,9 @@ impl Cgroups {
             Cgroups::V2(parent) => {
                 let dir = parent.join(&name);
                 fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
-                let cg = Cgroup { dirs: vec![dir.clone()] };
+                let cg = Cgroup {
+                    dirs: vec![dir.clone()],
+                };
                 if let Some(m) = limits.memory_bytes {
                     write(&dir.join("memory.max"), &m.to_string())?;
                     let _ = write(&dir.join("memory.swap.max"), "0");
@@ -116,18 +129,22 @@ impl Cgroups {
             }
             Cgroups::V1 { memory, pids, cpu } => {
                 let mut cg = Cgroup { dirs: Vec::new() };
-                let mut mk = |base: &Option<PathBuf>, what: &str, needed: bool| -> Result<Option<PathBuf>> {
-                    match base {
-                        Some(b) => {
-                            let d = b.join(&name);
-                            fs::create_dir(&d).with_context(|| format!("create {}", d.display()))?;
-                            cg.dirs.push(d.clone());
-                            Ok(Some(d))
+                let mut mk =
+                    |base: &Option<PathBuf>, what: &str, needed: bool| -> Result<Option<PathBuf>> {
+                        match base {
+                            Some(b) => {
+                                let d = b.join(&name);
+                                fs::create_dir(&d)
+                                    .with_context(|| format!("create {}", d.display()))?;
+                                cg.dirs.push(d.clone());
+                                Ok(Some(d))
+                            }
+                            None if needed => {
+                                bail!("{what} limit requested but no v1 {what} controller")
+                            }
+                            None => Ok(None),
                         }
-                        None if needed => bail!("{what} limit requested but no v1 {what} controller"),
-                        None => Ok(None),
-                    }
-                };
+                    };
                 let m = mk(memory, "memory", limits.memory_bytes.is_some())?;
                 let p = mk(pids, "pids", limits.pids.is_some())?;
                 let c = mk(cpu, "cpu", limits.cpu.is_some())?;
@@ -164,7 +181,10 @@ impl Cgroup {
                 }
                 if attempt == 0 && fs::write(dir.join("cgroup.kill"), "1").is_err() {
                     let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-                    for pid in procs.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                    for pid in procs
+                        .split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok())
+                    {
                         // SAFETY: kill has no memory effects.
                         unsafe { libc::kill(pid, libc::SIGKILL) };
                     }

@@ -34,7 +34,10 @@ pub fn main() -> ! {
     let code = match run(&mut out) {
         Ok(code) => code,
         Err(e) => {
-            report(&mut out, &format!("err 125 {}", one_line(&format!("{e:#}"))));
+            report(
+                &mut out,
+                &format!("err 125 {}", one_line(&format!("{e:#}"))),
+            );
             125
         }
     };
@@ -85,20 +88,38 @@ fn prepare(req: &ExecRequest) -> Result<Workload> {
             .collect::<Result<Vec<_>>>()?
     };
     let cwd = cstr(if req.cwd.is_empty() { "/" } else { &req.cwd })?;
-    Ok(Workload { candidates, argv, env, cwd, uid: req.uid, gid: req.gid, tty: req.tty })
+    Ok(Workload {
+        candidates,
+        argv,
+        env,
+        cwd,
+        uid: req.uid,
+        gid: req.gid,
+        tty: req.tty,
+    })
 }
 
 fn setup(req: &ExecRequest) -> Result<()> {
     // Nothing we mount may propagate back to the agent's namespace.
     mount("", "/", "", libc::MS_REC | libc::MS_PRIVATE, "")?;
-    let host = if req.hostname.is_empty() { "krypton" } else { &req.hostname };
+    let host = if req.hostname.is_empty() {
+        "krypton"
+    } else {
+        &req.hostname
+    };
     crate::sys::sethostname(host)?;
     if let Err(e) = crate::sys::loopback_up() {
         log::warn!("{e:#}");
     }
     if req.rootfs.is_empty() {
         // Keep the agent's root, but show only this pid namespace.
-        mount("proc", "/proc", "proc", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, "")?;
+        mount(
+            "proc",
+            "/proc",
+            "proc",
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            "",
+        )?;
     } else {
         crate::rootfs::enter(&req.rootfs)?;
     }
@@ -106,6 +127,8 @@ fn setup(req: &ExecRequest) -> Result<()> {
 }
 
 fn run(out: &mut File) -> Result<i32> {
+    // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"krypton-init".as_ptr()) };
     let req = read_config()?;
     setup(&req)?;
     let w = prepare(&req)?;
@@ -182,7 +205,11 @@ fn exec_workload(w: &Workload, mut status: File) -> ! {
     unsafe {
         libc::setsid();
         if w.tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-            fail(&mut status, 125, format!("TIOCSCTTY: {}", std::io::Error::last_os_error()));
+            fail(
+                &mut status,
+                125,
+                format!("TIOCSCTTY: {}", std::io::Error::last_os_error()),
+            );
         }
         for sig in 1..32 {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
@@ -196,7 +223,11 @@ fn exec_workload(w: &Workload, mut status: File) -> ! {
             || libc::setgid(w.gid) < 0
             || libc::setuid(w.uid) < 0
         {
-            fail(&mut status, 125, format!("set user: {}", std::io::Error::last_os_error()));
+            fail(
+                &mut status,
+                125,
+                format!("set user: {}", std::io::Error::last_os_error()),
+            );
         }
         if libc::chdir(w.cwd.as_ptr()) < 0 {
             let e = std::io::Error::last_os_error();
@@ -210,15 +241,23 @@ fn exec_workload(w: &Workload, mut status: File) -> ! {
     for c in &w.candidates {
         // SAFETY: valid NUL-terminated arrays of valid C strings.
         unsafe { libc::execve(c.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-        last = std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::ENOENT);
+        last = std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::ENOENT);
         match last {
             libc::ENOENT | libc::ENOTDIR => {}
             libc::EACCES => denied = true,
             _ => break,
         }
     }
-    let prog = Path::new(std::ffi::OsStr::from_bytes(w.argv[0].as_bytes())).display().to_string();
+    let prog = Path::new(std::ffi::OsStr::from_bytes(w.argv[0].as_bytes()))
+        .display()
+        .to_string();
     let err = std::io::Error::from_raw_os_error(if denied { libc::EACCES } else { last });
-    let code = if !denied && matches!(last, libc::ENOENT | libc::ENOTDIR) { 127 } else { 126 };
+    let code = if !denied && matches!(last, libc::ENOENT | libc::ENOTDIR) {
+        127
+    } else {
+        126
+    };
     fail(&mut status, code, format!("{prog}: {err}"))
 }

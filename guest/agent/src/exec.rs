@@ -48,7 +48,12 @@ pub struct ExecHandle {
 
 fn openpty(rows: u16, cols: u16) -> Result<(OwnedFd, OwnedFd)> {
     let (mut m, mut s) = (-1, -1);
-    let ws = libc::winsize { ws_row: rows.max(1), ws_col: cols.max(1), ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: rows.max(1),
+        ws_col: cols.max(1),
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: out pointers are valid; name and termios may be null.
     check(unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) })
         .context("openpty")?;
@@ -63,7 +68,12 @@ fn openpty(rows: u16, cols: u16) -> Result<(OwnedFd, OwnedFd)> {
 
 /// Sets the PTY size.
 pub fn resize(pty: &OwnedFd, rows: u16, cols: u16) {
-    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: ws is a valid winsize for TIOCSWINSZ.
     unsafe { libc::ioctl(pty.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
 }
@@ -81,25 +91,38 @@ pub fn start(
     let (cfg_r, mut cfg_w) = pipe()?;
     let (report_r, report_w) = pipe()?;
     // Child ends and our ends of stdio.
-    let (child_io, stdin_w, outputs, pty): ([OwnedFd; 3], File, Vec<(Stream, File)>, _) =
-        if req.tty {
-            let (master, slave) = openpty(req.rows, req.cols)?;
-            let m = Arc::new(master);
-            let input = File::from(m.try_clone().context("dup pty")?);
-            let output = File::from(m.try_clone().context("dup pty")?);
-            let io = [slave.try_clone()?, slave.try_clone()?, slave];
-            (io, input, vec![(Stream::Stdout, output)], Some(m))
-        } else {
-            let (in_r, in_w) = pipe()?;
-            let (out_r, out_w) = pipe()?;
-            let (err_r, err_w) = pipe()?;
-            let io = [OwnedFd::from(in_r), OwnedFd::from(out_w), OwnedFd::from(err_w)];
-            (io, in_w, vec![(Stream::Stdout, out_r), (Stream::Stderr, err_r)], None)
-        };
+    let (child_io, stdin_w, outputs, pty): ([OwnedFd; 3], File, Vec<(Stream, File)>, _) = if req.tty
+    {
+        let (master, slave) = openpty(req.rows, req.cols)?;
+        let m = Arc::new(master);
+        let input = File::from(m.try_clone().context("dup pty")?);
+        let output = File::from(m.try_clone().context("dup pty")?);
+        let io = [slave.try_clone()?, slave.try_clone()?, slave];
+        (io, input, vec![(Stream::Stdout, output)], Some(m))
+    } else {
+        let (in_r, in_w) = pipe()?;
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let io = [
+            OwnedFd::from(in_r),
+            OwnedFd::from(out_w),
+            OwnedFd::from(err_w),
+        ];
+        (
+            io,
+            in_w,
+            vec![(Stream::Stdout, out_r), (Stream::Stderr, err_r)],
+            None,
+        )
+    };
     let config = krypton_protocol::encode(&Message::Exec(req.clone()))?;
     let guard = crate::reaper::get().lock();
     let spawned = crate::spawn::spawn(
-        [child_io[0].as_raw_fd(), child_io[1].as_raw_fd(), child_io[2].as_raw_fd()],
+        [
+            child_io[0].as_raw_fd(),
+            child_io[1].as_raw_fd(),
+            child_io[2].as_raw_fd(),
+        ],
         cfg_r.as_raw_fd(),
         report_w.as_raw_fd(),
         &procs,
@@ -129,15 +152,21 @@ pub fn start(
         .name(format!("stdin-{id}"))
         .spawn(move || feed_stdin(stdin_w, stdin_rx, tty))?;
     let sup_pidfd = pidfd.clone();
-    std::thread::Builder::new().name(format!("exec-{id}")).spawn(move || {
-        supervise(id, spawned.pid, report_r, outputs, exit_rx, &sink, tty);
-        drop(sup_pidfd);
-        if let Some(c) = cgroup {
-            c.remove();
-        }
-        done(id);
-    })?;
-    Ok(ExecHandle { stdin: stdin_tx, pidfd, pty })
+    std::thread::Builder::new()
+        .name(format!("exec-{id}"))
+        .spawn(move || {
+            supervise(id, spawned.pid, report_r, outputs, exit_rx, &sink, tty);
+            drop(sup_pidfd);
+            if let Some(c) = cgroup {
+                c.remove();
+            }
+            done(id);
+        })?;
+    Ok(ExecHandle {
+        stdin: stdin_tx,
+        pidfd,
+        pty,
+    })
 }
 
 fn feed_stdin(mut w: File, rx: Receiver<Input>, tty: bool) {
@@ -168,7 +197,14 @@ fn pump(id: u32, stream: Stream, mut r: File, sink: Sink) -> JoinHandle<()> {
         loop {
             match r.read(&mut buf) {
                 Ok(0) => break,
-                Ok(n) => send(&sink, &Message::Output { id, stream, data: buf[..n].to_vec() }),
+                Ok(n) => send(
+                    &sink,
+                    &Message::Output {
+                        id,
+                        stream,
+                        data: buf[..n].to_vec(),
+                    },
+                ),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 // EIO: the pty's last slave was closed.
                 Err(_) => break,
@@ -196,7 +232,10 @@ fn supervise(
         let (code, msg) = rest.split_once(' ').unwrap_or((rest, ""));
         Some((code.parse().unwrap_or(125), msg.to_owned()))
     } else {
-        Some((125, "container init failed before starting the command".to_owned()))
+        Some((
+            125,
+            "container init failed before starting the command".to_owned(),
+        ))
     };
     if let Some((code, message)) = failure {
         drop(outputs);
@@ -205,11 +244,25 @@ fn supervise(
         send(sink, &Message::ExecError { id, code, message });
         return;
     }
-    send(sink, &Message::Started { id, pid: pid as u32 });
-    let pumps: Vec<_> =
-        outputs.into_iter().map(|(s, r)| pump(id, s, r, sink.clone())).collect();
+    send(
+        sink,
+        &Message::Started {
+            id,
+            pid: pid as u32,
+        },
+    );
+    let pumps: Vec<_> = outputs
+        .into_iter()
+        .map(|(s, r)| pump(id, s, r, sink.clone()))
+        .collect();
     if tty {
-        send(sink, &Message::OutputEof { id, stream: Stream::Stderr });
+        send(
+            sink,
+            &Message::OutputEof {
+                id,
+                stream: Stream::Stderr,
+            },
+        );
     }
     let mut workload = None;
     for line in lines.map_while(|l| l.ok()) {

@@ -15,10 +15,28 @@ pub fn setup() -> Result<()> {
         ("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755"),
         ("proc", "/proc", "proc", nosuid, ""),
         ("sysfs", "/sys", "sysfs", nosuid, ""),
-        ("devpts", "/dev/pts", "devpts", libc::MS_NOSUID | libc::MS_NOEXEC, "ptmxmode=0666,mode=0620"),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            "ptmxmode=0666,mode=0620",
+        ),
         ("shm", "/dev/shm", "tmpfs", nosuid, "mode=1777"),
-        ("tmpfs", "/tmp", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=1777"),
-        ("tmpfs", "/run", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=0755"),
+        (
+            "tmpfs",
+            "/tmp",
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=1777",
+        ),
+        (
+            "tmpfs",
+            "/run",
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=0755",
+        ),
         ("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid, ""),
     ];
     for (src, target, fstype, flags, data) in mounts {

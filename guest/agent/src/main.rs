@@ -99,7 +99,12 @@ impl log::Log for StderrLog {
     }
     fn log(&self, r: &log::Record<'_>) {
         if self.enabled(r.metadata()) {
-            eprintln!("krypton-agent[{}] {}: {}", std::process::id(), r.level(), r.args());
+            eprintln!(
+                "krypton-agent[{}] {}: {}",
+                std::process::id(),
+                r.level(),
+                r.args()
+            );
         }
     }
     fn flush(&self) {}
@@ -113,7 +118,9 @@ fn init_log(level: log::LevelFilter) {
 fn main() {
     let mut argv = std::env::args().skip(1).peekable();
     if argv.peek().map(String::as_str) == Some(CONTAINER_INIT_ARG) {
-        let level = std::env::var("KRYPTON_LOG").ok().and_then(|l| l.parse().ok());
+        let level = std::env::var("KRYPTON_LOG")
+            .ok()
+            .and_then(|l| l.parse().ok());
         init_log(level.unwrap_or(log::LevelFilter::Warn));
         container::main();
     }
@@ -157,11 +164,13 @@ fn run(argv: impl Iterator<Item = String>, pid1: bool) -> Result<()> {
             }
         };
         let agent = agent.clone();
-        std::thread::Builder::new().name("conn".into()).spawn(move || {
-            if let Err(e) = session::serve(agent, stream) {
-                log::warn!("connection: {e:#}");
-            }
-        })?;
+        std::thread::Builder::new()
+            .name("conn".into())
+            .spawn(move || {
+                if let Err(e) = session::serve(agent, stream) {
+                    log::warn!("connection: {e:#}");
+                }
+            })?;
     }
 }
 

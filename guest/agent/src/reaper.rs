@@ -3,7 +3,7 @@
 //! the pid.
 
 use std::collections::HashMap;
-use std::sync::mpsc::{Sender, channel, Receiver};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -24,7 +24,9 @@ pub fn get() -> &'static Reaper {
         Reaper::default()
     });
     if started {
-        let spawn = std::thread::Builder::new().name("reaper".into()).spawn(|| r.run());
+        let spawn = std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(|| r.run());
         if let Err(e) = spawn {
             log::error!("cannot start reaper thread: {e}");
         }
@@ -54,7 +56,10 @@ impl SpawnGuard<'_> {
 impl Reaper {
     /// Locks the registry for a spawn.
     pub fn lock(&self) -> SpawnGuard<'_> {
-        SpawnGuard { reaper: self, map: self.waiting.lock().unwrap_or_else(|e| e.into_inner()) }
+        SpawnGuard {
+            reaper: self,
+            map: self.waiting.lock().unwrap_or_else(|e| e.into_inner()),
+        }
     }
 
     fn run(&self) {

@@ -44,10 +44,15 @@ struct LoopConfig {
 }
 
 /// Attaches `image` to a free loop device (read-only, auto-clearing on
-/// last close/unmount) and returns the device path.
-fn attach_loop(image: &Path) -> Result<String> {
+/// last close/unmount) and returns the device path and an open handle:
+/// the handle must stay open until the device is mounted, or autoclear
+/// detaches it at once.
+fn attach_loop(image: &Path) -> Result<(String, File)> {
     let backing = File::open(image).with_context(|| format!("open {}", image.display()))?;
-    let ctl = OpenOptions::new().read(true).write(true).open("/dev/loop-control")
+    let ctl = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/loop-control")
         .context("open /dev/loop-control")?;
     for _ in 0..16 {
         // SAFETY: LOOP_CTL_GET_FREE takes no argument.
@@ -62,7 +67,7 @@ fn attach_loop(image: &Path) -> Result<String> {
         // SAFETY: cfg is a valid loop_config for LOOP_CONFIGURE.
         let r = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE, &cfg) };
         if r == 0 {
-            return Ok(path);
+            return Ok((path, dev));
         }
         let err = std::io::Error::last_os_error();
         match err.raw_os_error() {
@@ -79,7 +84,7 @@ fn attach_loop(image: &Path) -> Result<String> {
                 // SAFETY: cfg.info is a valid loop_info64.
                 check(unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_SET_STATUS64, &cfg.info) })
                     .context("LOOP_SET_STATUS64")?;
-                return Ok(path);
+                return Ok((path, dev));
             }
             _ => bail!("LOOP_CONFIGURE {path}: {err}"),
         }
@@ -96,17 +101,28 @@ fn mkdir(p: &Path) -> Result<()> {
 pub fn enter(rootfs: &str) -> Result<()> {
     let src = Path::new(rootfs);
     let meta = fs::metadata(src).with_context(|| format!("rootfs {rootfs}"))?;
-    let device = if meta.file_type().is_block_device() {
-        rootfs.to_owned()
+    let (device, _loop_handle) = if meta.file_type().is_block_device() {
+        (rootfs.to_owned(), None)
     } else if meta.is_file() {
-        attach_loop(src)?
+        let (path, handle) = attach_loop(src)?;
+        (path, Some(handle))
     } else {
         bail!("rootfs {rootfs} is neither a block device nor an image file");
     };
     let stage = Path::new("/tmp");
-    mount("krypton-stage", stage, "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=0700")?;
-    let (lower, upper, work, root) =
-        (stage.join("lower"), stage.join("upper"), stage.join("work"), stage.join("root"));
+    mount(
+        "krypton-stage",
+        stage,
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=0700",
+    )?;
+    let (lower, upper, work, root) = (
+        stage.join("lower"),
+        stage.join("upper"),
+        stage.join("work"),
+        stage.join("root"),
+    );
     for d in [&lower, &upper, &work, &root] {
         mkdir(d)?;
     }
@@ -128,14 +144,32 @@ fn populate(root: &Path) -> Result<()> {
     mkdir(&root.join("proc"))?;
     mount("proc", root.join("proc"), "proc", nosuid, "")?;
     mkdir(&root.join("sys"))?;
-    if let Err(e) = mount("sysfs", root.join("sys"), "sysfs", nosuid | libc::MS_RDONLY, "") {
+    if let Err(e) = mount(
+        "sysfs",
+        root.join("sys"),
+        "sysfs",
+        nosuid | libc::MS_RDONLY,
+        "",
+    ) {
         log::warn!("{e:#}");
     }
     mkdir(&root.join("tmp"))?;
-    mount("tmpfs", root.join("tmp"), "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=1777")?;
+    mount(
+        "tmpfs",
+        root.join("tmp"),
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=1777",
+    )?;
     let dev = root.join("dev");
     mkdir(&dev)?;
-    mount("tmpfs", &dev, "tmpfs", libc::MS_NOSUID | libc::MS_NOEXEC, "mode=0755")?;
+    mount(
+        "tmpfs",
+        &dev,
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "mode=0755",
+    )?;
     for name in ["null", "zero", "full", "random", "urandom", "tty"] {
         let host = Path::new("/dev").join(name);
         if !host.exists() {

@@ -18,13 +18,25 @@ type Execs = Arc<Mutex<HashMap<u32, ExecHandle>>>;
 pub fn serve(agent: Arc<Agent>, stream: UnixStream) -> Result<()> {
     let mut reader = stream.try_clone()?;
     let sink: Sink = Arc::new(Mutex::new(stream));
-    send(&sink, &Message::Hello { version: PROTOCOL_VERSION, caps: agent.caps() });
+    send(
+        &sink,
+        &Message::Hello {
+            version: PROTOCOL_VERSION,
+            caps: agent.caps(),
+        },
+    );
     let mut frames = FrameReader::default();
     match frames.read(&mut reader)? {
         Message::Hello { version, .. } if version == PROTOCOL_VERSION => {}
         Message::Hello { version, .. } => {
             let message = format!("unsupported protocol version {version}");
-            send(&sink, &Message::Error { id: 0, message: message.clone() });
+            send(
+                &sink,
+                &Message::Error {
+                    id: 0,
+                    message: message.clone(),
+                },
+            );
             bail!(message);
         }
         other => bail!("expected hello, got {other:?}"),
@@ -47,22 +59,39 @@ fn dispatch(
 ) -> Result<()> {
     let lookup = |id: u32| {
         let map = execs.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&id).map(|h| (h.stdin.clone(), h.pidfd.clone(), h.pty.clone()))
+        map.get(&id)
+            .map(|h| (h.stdin.clone(), h.pidfd.clone(), h.pty.clone()))
     };
     loop {
         let msg = match frames.read(reader) {
             Ok(m) => m,
             Err(ProtocolError::Closed) => return Ok(()),
             Err(e) => {
-                send(sink, &Message::Error { id: 0, message: e.to_string() });
+                send(
+                    sink,
+                    &Message::Error {
+                        id: 0,
+                        message: e.to_string(),
+                    },
+                );
                 return Err(e.into());
             }
         };
         match msg {
             Message::Exec(req) => {
                 let id = req.id;
-                if execs.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&id) {
-                    send(sink, &Message::Error { id, message: format!("exec id {id} in use") });
+                if execs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains_key(&id)
+                {
+                    send(
+                        sink,
+                        &Message::Error {
+                            id,
+                            message: format!("exec id {id} in use"),
+                        },
+                    );
                     continue;
                 }
                 let map = execs.clone();
@@ -78,7 +107,14 @@ fn dispatch(
                     Err(e) => {
                         drop(map);
                         let message = format!("{e:#}");
-                        send(sink, &Message::ExecError { id, code: 125, message });
+                        send(
+                            sink,
+                            &Message::ExecError {
+                                id,
+                                code: 125,
+                                message,
+                            },
+                        );
                     }
                 }
             }
@@ -98,7 +134,13 @@ fn dispatch(
                         log::debug!("signal {signo} to exec {id}: {e}");
                     }
                 }
-                None => send(sink, &Message::Error { id, message: "no such exec".into() }),
+                None => send(
+                    sink,
+                    &Message::Error {
+                        id,
+                        message: "no such exec".into(),
+                    },
+                ),
             },
             Message::Resize { id, rows, cols } => {
                 if let Some((_, _, Some(pty))) = lookup(id) {

@@ -79,7 +79,10 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         libc::execve(a.exe.as_ptr(), a.argv.as_ptr(), a.envp.as_ptr());
-        fail(REPORT_FD, b"err 125 container spawn: cannot re-exec the agent\n")
+        fail(
+            REPORT_FD,
+            b"err 125 container spawn: cannot re-exec the agent\n",
+        )
     }
 }
 
@@ -97,7 +100,10 @@ pub fn spawn(
         .map(|p| crate::sys::cstr(p.as_os_str().as_encoded_bytes()))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let exe = CString::new("/proc/self/exe")?;
-    let argv_c = [CString::new("krypton-agent")?, CString::new(crate::CONTAINER_INIT_ARG)?];
+    let argv_c = [
+        CString::new("krypton-agent")?,
+        CString::new(crate::CONTAINER_INIT_ARG)?,
+    ];
     let env_c = [CString::new(format!("KRYPTON_LOG={}", log::max_level()))?];
     let args = Box::new(ChildArgs {
         fds: [stdio[0], stdio[1], stdio[2], config, report],

@@ -15,7 +15,11 @@ pub fn cstr(s: impl AsRef<[u8]>) -> Result<CString> {
 
 /// `-1` → the current errno as an `io::Error`.
 pub fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
 }
 
 /// `mount(2)`.
@@ -38,9 +42,17 @@ pub fn mount(
         libc::mount(
             s.as_ptr(),
             t.as_ptr(),
-            if fstype.is_empty() { std::ptr::null() } else { f.as_ptr() },
+            if fstype.is_empty() {
+                std::ptr::null()
+            } else {
+                f.as_ptr()
+            },
             flags,
-            if data.is_empty() { std::ptr::null() } else { d.as_ptr().cast() },
+            if data.is_empty() {
+                std::ptr::null()
+            } else {
+                d.as_ptr().cast()
+            },
         )
     };
     check(r).with_context(|| format!("mount {src} ({fstype}) on {}", target.display()))?;
@@ -77,16 +89,16 @@ pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
 /// `sethostname(2)`.
 pub fn sethostname(name: &str) -> Result<()> {
     // SAFETY: pointer and length describe `name`.
-    check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) })
-        .context("sethostname")?;
+    check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }).context("sethostname")?;
     Ok(())
 }
 
 /// Brings the loopback interface up in the current network namespace.
 pub fn loopback_up() -> Result<()> {
     // SAFETY: plain socket creation.
-    let fd = check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })
-        .context("socket for lo")?;
+    let fd =
+        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })
+            .context("socket for lo")?;
     // SAFETY: fd was just created and is owned here.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: ifreq is plain data; all-zero is valid.
@@ -128,12 +140,25 @@ pub fn fs_magic(path: &Path) -> Option<i64> {
 pub fn pidfd_signal(pidfd: RawFd, signo: i32) -> io::Result<()> {
     // SAFETY: the syscall takes an fd, signal number, null siginfo, flags.
     let r = unsafe {
-        libc::syscall(libc::SYS_pidfd_send_signal, pidfd, signo, std::ptr::null::<u8>(), 0)
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd,
+            signo,
+            std::ptr::null::<u8>(),
+            0,
+        )
     };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Null-terminated pointer array over C strings (for execve).
 pub fn ptr_array(v: &[CString]) -> Vec<*const libc::c_char> {
-    v.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
+    v.iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
 }

@@ -48,7 +48,9 @@ pub fn bind(addr: &Address) -> Result<Listener> {
     match addr {
         Address::Unix(p) => {
             let _ = std::fs::remove_file(p);
-            Ok(Listener::Unix(UnixListener::bind(p).with_context(|| format!("bind {p}"))?))
+            Ok(Listener::Unix(
+                UnixListener::bind(p).with_context(|| format!("bind {p}"))?,
+            ))
         }
         Address::Vsock(port) => {
             // SAFETY: plain socket creation.
@@ -66,8 +68,10 @@ pub fn bind(addr: &Address) -> Result<Listener> {
             let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
             use std::os::fd::AsRawFd;
             // SAFETY: sa is a valid sockaddr_vm of `len` bytes.
-            check(unsafe { libc::bind(l.as_raw_fd(), (&sa as *const libc::sockaddr_vm).cast(), len) })
-                .with_context(|| format!("bind vsock port {port}"))?;
+            check(unsafe {
+                libc::bind(l.as_raw_fd(), (&sa as *const libc::sockaddr_vm).cast(), len)
+            })
+            .with_context(|| format!("bind vsock port {port}"))?;
             // SAFETY: listen on our socket.
             check(unsafe { libc::listen(l.as_raw_fd(), 16) }).context("listen vsock")?;
             Ok(Listener::Vsock(l))
@@ -84,7 +88,12 @@ impl Listener {
             Listener::Vsock(l) => {
                 // SAFETY: accept4 with null address pointers.
                 let fd = check(unsafe {
-                    libc::accept4(l.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
+                    libc::accept4(
+                        l.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        libc::SOCK_CLOEXEC,
+                    )
                 })
                 .context("accept vsock")?;
                 // SAFETY: fresh descriptor owned by the stream.

@@ -203,7 +203,10 @@ impl<'a> Reader<'a> {
     fn bytes(&mut self, max: usize, what: &'static str) -> Result<&'a [u8], ProtocolError> {
         let n = self.u32(what)?;
         if n as usize > max {
-            return Err(ProtocolError::OutOfBounds { field: what, value: n.into() });
+            return Err(ProtocolError::OutOfBounds {
+                field: what,
+                value: n.into(),
+            });
         }
         self.take(n as usize, what)
     }
@@ -221,7 +224,10 @@ impl<'a> Reader<'a> {
         // than the remaining bytes / 4 is malformed; this also bounds the
         // allocation below.
         if n as usize > max || n as usize > self.0.len() / 4 {
-            return Err(ProtocolError::OutOfBounds { field: what, value: n.into() });
+            return Err(ProtocolError::OutOfBounds {
+                field: what,
+                value: n.into(),
+            });
         }
         (0..n).map(|_| self.str(what)).collect()
     }
@@ -229,7 +235,10 @@ impl<'a> Reader<'a> {
         match self.u8("stream")? {
             1 => Ok(Stream::Stdout),
             2 => Ok(Stream::Stderr),
-            value => Err(ProtocolError::BadTag { field: "stream", value }),
+            value => Err(ProtocolError::BadTag {
+                field: "stream",
+                value,
+            }),
         }
     }
 }
@@ -238,7 +247,10 @@ fn signo(v: i32, field: &'static str) -> Result<i32, ProtocolError> {
     if (1..=64).contains(&v) {
         Ok(v)
     } else {
-        Err(ProtocolError::OutOfBounds { field, value: v as u32 as u64 })
+        Err(ProtocolError::OutOfBounds {
+            field,
+            value: v as u32 as u64,
+        })
     }
 }
 
@@ -248,12 +260,18 @@ pub fn decode(body: &[u8]) -> Result<Message, ProtocolError> {
     let mut r = Reader(body);
     let ty = r.u8("type")?;
     let msg = match ty {
-        T_HELLO => Message::Hello { version: r.u16("version")?, caps: r.u64("caps")? },
+        T_HELLO => Message::Hello {
+            version: r.u16("version")?,
+            caps: r.u64("caps")?,
+        },
         T_EXEC => {
             let id = r.u32("id")?;
             let argv = r.strs(MAX_ARGS, "argv")?;
             if argv.is_empty() {
-                return Err(ProtocolError::OutOfBounds { field: "argv", value: 0 });
+                return Err(ProtocolError::OutOfBounds {
+                    field: "argv",
+                    value: 0,
+                });
             }
             let env = r.strs(MAX_ENV, "env")?;
             let cwd = r.str("cwd")?;
@@ -262,7 +280,12 @@ pub fn decode(body: &[u8]) -> Result<Message, ProtocolError> {
             let tty = match r.u8("tty")? {
                 0 => false,
                 1 => true,
-                value => return Err(ProtocolError::BadTag { field: "tty", value }),
+                value => {
+                    return Err(ProtocolError::BadTag {
+                        field: "tty",
+                        value,
+                    });
+                }
             };
             let rows = r.u16("rows")?;
             let cols = r.u16("cols")?;
@@ -279,7 +302,10 @@ pub fn decode(body: &[u8]) -> Result<Message, ProtocolError> {
             let quota = r.u32("cpu quota")?;
             let period = r.u32("cpu period")?;
             if (quota == 0) != (period == 0) {
-                return Err(ProtocolError::OutOfBounds { field: "cpu", value: quota.into() });
+                return Err(ProtocolError::OutOfBounds {
+                    field: "cpu",
+                    value: quota.into(),
+                });
             }
             let limits = Limits {
                 memory_bytes: (mem != 0).then_some(mem),
@@ -301,14 +327,25 @@ pub fn decode(body: &[u8]) -> Result<Message, ProtocolError> {
                 limits,
             })
         }
-        T_STDIN => Message::Stdin { id: r.u32("id")?, data: r.bytes(MAX_CHUNK, "data")?.to_vec() },
+        T_STDIN => Message::Stdin {
+            id: r.u32("id")?,
+            data: r.bytes(MAX_CHUNK, "data")?.to_vec(),
+        },
         T_STDIN_EOF => Message::StdinEof { id: r.u32("id")? },
-        T_SIGNAL => Message::Signal { id: r.u32("id")?, signo: signo(r.i32("signo")?, "signo")? },
-        T_RESIZE => {
-            Message::Resize { id: r.u32("id")?, rows: r.u16("rows")?, cols: r.u16("cols")? }
-        }
+        T_SIGNAL => Message::Signal {
+            id: r.u32("id")?,
+            signo: signo(r.i32("signo")?, "signo")?,
+        },
+        T_RESIZE => Message::Resize {
+            id: r.u32("id")?,
+            rows: r.u16("rows")?,
+            cols: r.u16("cols")?,
+        },
         T_SHUTDOWN => Message::Shutdown,
-        T_STARTED => Message::Started { id: r.u32("id")?, pid: r.u32("pid")? },
+        T_STARTED => Message::Started {
+            id: r.u32("id")?,
+            pid: r.u32("pid")?,
+        },
         T_EXEC_ERROR => Message::ExecError {
             id: r.u32("id")?,
             code: r.u8("code")?,
@@ -319,17 +356,28 @@ pub fn decode(body: &[u8]) -> Result<Message, ProtocolError> {
             stream: r.stream()?,
             data: r.bytes(MAX_CHUNK, "data")?.to_vec(),
         },
-        T_OUTPUT_EOF => Message::OutputEof { id: r.u32("id")?, stream: r.stream()? },
+        T_OUTPUT_EOF => Message::OutputEof {
+            id: r.u32("id")?,
+            stream: r.stream()?,
+        },
         T_EXIT => {
             let id = r.u32("id")?;
             let status = match r.u8("status kind")? {
                 0 => ExitStatus::Code(r.i32("code")?),
                 1 => ExitStatus::Signal(signo(r.i32("signal")?, "signal")?),
-                value => return Err(ProtocolError::BadTag { field: "status kind", value }),
+                value => {
+                    return Err(ProtocolError::BadTag {
+                        field: "status kind",
+                        value,
+                    });
+                }
             };
             Message::Exit { id, status }
         }
-        T_ERROR => Message::Error { id: r.u32("id")?, message: r.str("message")? },
+        T_ERROR => Message::Error {
+            id: r.u32("id")?,
+            message: r.str("message")?,
+        },
         other => return Err(ProtocolError::UnknownType(other)),
     };
     if !r.0.is_empty() {

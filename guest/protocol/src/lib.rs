@@ -19,16 +19,16 @@
 //! Decoding never panics: malformed, oversized or truncated frames are
 //! rejected with a [`ProtocolError`].
 
-mod codec;
-mod io;
 #[cfg(feature = "tokio")]
 mod async_io;
+mod codec;
+mod io;
 #[cfg(test)]
 mod tests;
 
-pub use codec::{decode, encode};
 #[cfg(feature = "tokio")]
 pub use async_io::{read_message_async, write_message_async};
+pub use codec::{decode, encode};
 pub use io::{FrameReader, read_message, write_message};
 
 /// Protocol version carried in [`Message::Hello`].

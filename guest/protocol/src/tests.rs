@@ -15,28 +15,68 @@ fn sample_exec() -> ExecRequest {
         cols: 80,
         rootfs: "/dev/vda".into(),
         hostname: "box".into(),
-        limits: Limits { memory_bytes: Some(64 << 20), pids: Some(32), cpu: Some((50_000, 100_000)) },
+        limits: Limits {
+            memory_bytes: Some(64 << 20),
+            pids: Some(32),
+            cpu: Some((50_000, 100_000)),
+        },
     }
 }
 
 fn all_messages() -> Vec<Message> {
     vec![
-        Message::Hello { version: PROTOCOL_VERSION, caps: caps::TTY | caps::CGROUPS },
+        Message::Hello {
+            version: PROTOCOL_VERSION,
+            caps: caps::TTY | caps::CGROUPS,
+        },
         Message::Exec(sample_exec()),
-        Message::Exec(ExecRequest { argv: vec!["true".into()], ..Default::default() }),
-        Message::Stdin { id: 1, data: vec![1, 2, 3] },
-        Message::Stdin { id: 1, data: vec![0xaa; MAX_CHUNK] },
+        Message::Exec(ExecRequest {
+            argv: vec!["true".into()],
+            ..Default::default()
+        }),
+        Message::Stdin {
+            id: 1,
+            data: vec![1, 2, 3],
+        },
+        Message::Stdin {
+            id: 1,
+            data: vec![0xaa; MAX_CHUNK],
+        },
         Message::StdinEof { id: 1 },
         Message::Signal { id: 1, signo: 15 },
-        Message::Resize { id: 1, rows: 50, cols: 132 },
+        Message::Resize {
+            id: 1,
+            rows: 50,
+            cols: 132,
+        },
         Message::Shutdown,
         Message::Started { id: 1, pid: 4242 },
-        Message::ExecError { id: 1, code: 127, message: "not found".into() },
-        Message::Output { id: 1, stream: Stream::Stderr, data: b"err".to_vec() },
-        Message::OutputEof { id: 1, stream: Stream::Stdout },
-        Message::Exit { id: 1, status: ExitStatus::Code(123) },
-        Message::Exit { id: 1, status: ExitStatus::Signal(9) },
-        Message::Error { id: 0, message: "bad".into() },
+        Message::ExecError {
+            id: 1,
+            code: 127,
+            message: "not found".into(),
+        },
+        Message::Output {
+            id: 1,
+            stream: Stream::Stderr,
+            data: b"err".to_vec(),
+        },
+        Message::OutputEof {
+            id: 1,
+            stream: Stream::Stdout,
+        },
+        Message::Exit {
+            id: 1,
+            status: ExitStatus::Code(123),
+        },
+        Message::Exit {
+            id: 1,
+            status: ExitStatus::Signal(9),
+        },
+        Message::Error {
+            id: 0,
+            message: "bad".into(),
+        },
     ]
 }
 
@@ -73,7 +113,10 @@ fn every_truncation_is_rejected() {
         let step = if frame.len() > 1024 { 997 } else { 1 };
         for cut in (1..frame.len()).step_by(step) {
             let err = read_message(&mut Cursor::new(&frame[..cut])).expect_err("truncated");
-            assert!(matches!(err, ProtocolError::Truncated), "{m:?} cut {cut}: {err:?}");
+            assert!(
+                matches!(err, ProtocolError::Truncated),
+                "{m:?} cut {cut}: {err:?}"
+            );
         }
         // Shortening the body while fixing up the length must also fail.
         for cut in (0..frame.len() - 4).step_by(step) {
@@ -86,7 +129,10 @@ fn every_truncation_is_rejected() {
 fn trailing_bytes_rejected() {
     let mut frame = encode(&Message::StdinEof { id: 3 }).expect("encode");
     frame.push(0);
-    assert!(matches!(decode(&frame[4..]), Err(ProtocolError::Trailing(1))));
+    assert!(matches!(
+        decode(&frame[4..]),
+        Err(ProtocolError::Trailing(1))
+    ));
 }
 
 #[test]
@@ -102,16 +148,28 @@ const T_PAD: u8 = 0x15;
 
 #[test]
 fn unknown_type_and_bad_tags_rejected() {
-    assert!(matches!(decode(&[0xee]), Err(ProtocolError::UnknownType(0xee))));
+    assert!(matches!(
+        decode(&[0xee]),
+        Err(ProtocolError::UnknownType(0xee))
+    ));
     assert!(matches!(decode(&[]), Err(ProtocolError::Short(_))));
     // Output with stream tag 3.
     let body = [0x22, 1, 0, 0, 0, 3, 0, 0, 0, 0];
-    assert!(matches!(decode(&body), Err(ProtocolError::BadTag { field: "stream", value: 3 })));
+    assert!(matches!(
+        decode(&body),
+        Err(ProtocolError::BadTag {
+            field: "stream",
+            value: 3
+        })
+    ));
     // Signal 0 and 65 are out of range.
     for s in [0i32, 65, -1] {
         let mut body = vec![0x13, 1, 0, 0, 0];
         body.extend_from_slice(&s.to_le_bytes());
-        assert!(matches!(decode(&body), Err(ProtocolError::OutOfBounds { .. })), "{s}");
+        assert!(
+            matches!(decode(&body), Err(ProtocolError::OutOfBounds { .. })),
+            "{s}"
+        );
     }
 }
 
@@ -121,30 +179,55 @@ fn oversized_fields_rejected() {
     let mut body = vec![0x11, 1, 0, 0, 0];
     body.extend_from_slice(&(MAX_CHUNK as u32 + 1).to_le_bytes());
     body.resize(body.len() + MAX_CHUNK + 1, 0);
-    assert!(matches!(decode(&body), Err(ProtocolError::OutOfBounds { field: "data", .. })));
+    assert!(matches!(
+        decode(&body),
+        Err(ProtocolError::OutOfBounds { field: "data", .. })
+    ));
     // Huge argv count with no bytes behind it: rejected without allocating.
     let mut body = vec![0x10, 1, 0, 0, 0];
     body.extend_from_slice(&u32::MAX.to_le_bytes());
-    assert!(matches!(decode(&body), Err(ProtocolError::OutOfBounds { field: "argv", .. })));
+    assert!(matches!(
+        decode(&body),
+        Err(ProtocolError::OutOfBounds { field: "argv", .. })
+    ));
     // Encoding refuses oversized data.
-    let big = Message::Stdin { id: 1, data: vec![0; MAX_CHUNK + 1] };
+    let big = Message::Stdin {
+        id: 1,
+        data: vec![0; MAX_CHUNK + 1],
+    };
     assert!(matches!(encode(&big), Err(ProtocolError::TooLarge)));
     // Encoding refuses an exec that would not fit in one frame.
-    let huge = ExecRequest { argv: vec!["x".repeat(MAX_STRING); 20], ..Default::default() };
-    assert!(matches!(encode(&Message::Exec(huge)), Err(ProtocolError::TooLarge)));
+    let huge = ExecRequest {
+        argv: vec!["x".repeat(MAX_STRING); 20],
+        ..Default::default()
+    };
+    assert!(matches!(
+        encode(&Message::Exec(huge)),
+        Err(ProtocolError::TooLarge)
+    ));
 }
 
 #[test]
 fn invalid_strings_rejected() {
-    let mut m = encode(&Message::Error { id: 0, message: "ab".into() }).expect("encode");
+    let mut m = encode(&Message::Error {
+        id: 0,
+        message: "ab".into(),
+    })
+    .expect("encode");
     let n = m.len();
     m[n - 1] = 0xff;
     assert!(matches!(decode(&m[4..]), Err(ProtocolError::BadString(_))));
     m[n - 1] = 0;
     assert!(matches!(decode(&m[4..]), Err(ProtocolError::BadString(_))));
-    let exec = ExecRequest { argv: vec!["a\0b".into()], ..Default::default() };
+    let exec = ExecRequest {
+        argv: vec!["a\0b".into()],
+        ..Default::default()
+    };
     assert!(encode(&Message::Exec(exec)).is_err());
-    assert!(encode(&Message::Exec(ExecRequest::default())).is_err(), "empty argv");
+    assert!(
+        encode(&Message::Exec(ExecRequest::default())).is_err(),
+        "empty argv"
+    );
 }
 
 #[test]
@@ -195,5 +278,8 @@ async fn async_round_trip() {
         assert_eq!(read_message_async(&mut b).await.expect("read"), m);
     }
     writer.await.expect("join");
-    assert!(matches!(read_message_async(&mut b).await, Err(ProtocolError::Closed)));
+    assert!(matches!(
+        read_message_async(&mut b).await,
+        Err(ProtocolError::Closed)
+    ));
 }

@@ -114,13 +114,22 @@ impl Agent {
             .stderr(logf)
             .spawn()
             .expect("start krypton-agent");
-        let mut agent = Agent { child, socket, log, dir };
+        let mut agent = Agent {
+            child,
+            socket,
+            log,
+            dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::os::unix::net::UnixStream::connect(&agent.socket).is_err() {
             if let Ok(Some(st)) = agent.child.try_wait() {
                 panic!("agent exited at start ({st}): {}", agent.log_text());
             }
-            assert!(Instant::now() < deadline, "agent did not listen: {}", agent.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "agent did not listen: {}",
+                agent.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         agent
@@ -150,7 +159,9 @@ impl Agent {
 
     /// Connects a client stream.
     pub async fn connect(&self) -> UnixStream {
-        UnixStream::connect(&self.socket).await.expect("connect to agent")
+        UnixStream::connect(&self.socket)
+            .await
+            .expect("connect to agent")
     }
 
     /// Runs `opts` with `stdin` and returns (exit code, stdout, stderr).
@@ -167,8 +178,14 @@ impl Agent {
     ) -> Outcome {
         let mut out = Capture::default();
         let mut err = Capture::default();
-        let r = self.run_with(opts, stdin, control, &mut out, &mut err).await;
-        Outcome { result: r, stdout: out.buf, stderr: err.buf }
+        let r = self
+            .run_with(opts, stdin, control, &mut out, &mut err)
+            .await;
+        Outcome {
+            result: r,
+            stdout: out.buf,
+            stderr: err.buf,
+        }
     }
 
     /// Fully general run with caller-supplied writers.
@@ -183,7 +200,13 @@ impl Agent {
         let mut opts = opts.clone();
         opts.timeout.get_or_insert(Duration::from_secs(60));
         let stream = self.connect().await;
-        let io = RunIo { stdin, stdout, stderr, control, size: Some((33, 99)) };
+        let io = RunIo {
+            stdin,
+            stdout,
+            stderr,
+            control,
+            size: Some((33, 99)),
+        };
         run_with_io(stream, &opts, io).await
     }
 }
@@ -203,10 +226,16 @@ impl Drop for Agent {
 /// Removes cgroups the agent `pid` left behind (named `<pid>-<n>`).
 fn remove_agent_cgroups(pid: u32) {
     let prefix = format!("{pid}-");
-    let roots = ["/sys/fs/cgroup/krypton", "/sys/fs/cgroup/memory/krypton",
-        "/sys/fs/cgroup/pids/krypton", "/sys/fs/cgroup/cpu/krypton"];
+    let roots = [
+        "/sys/fs/cgroup/krypton",
+        "/sys/fs/cgroup/memory/krypton",
+        "/sys/fs/cgroup/pids/krypton",
+        "/sys/fs/cgroup/cpu/krypton",
+    ];
     for root in roots {
-        let Ok(entries) = fs::read_dir(root) else { continue };
+        let Ok(entries) = fs::read_dir(root) else {
+            continue;
+        };
         for e in entries.flatten() {
             if e.file_name().to_string_lossy().starts_with(&prefix) {
                 for _ in 0..50 {
@@ -249,7 +278,11 @@ pub struct Capture {
 }
 
 impl AsyncWrite for Capture {
-    fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, b: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        b: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.buf.extend_from_slice(b);
         if let Some(tx) = self.first.take() {
             let _ = tx.send(());
@@ -266,7 +299,10 @@ impl AsyncWrite for Capture {
 
 /// Options for `argv` with interactive stdin off.
 pub fn cmd(argv: &[&str]) -> RunOptions {
-    RunOptions { argv: argv.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+    RunOptions {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
 }
 
 /// Shell command options.

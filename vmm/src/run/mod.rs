@@ -59,7 +59,11 @@ pub struct RunOptions {
 pub enum RunError {
     /// Framing or transport failure.
     #[error("agent connection failed")]
-    Protocol(#[from] #[source] krypton_protocol::ProtocolError),
+    Protocol(
+        #[from]
+        #[source]
+        krypton_protocol::ProtocolError,
+    ),
     /// The agent speaks another protocol version or skipped the hello.
     #[error("agent handshake failed: {0}")]
     Handshake(String),

@@ -62,7 +62,10 @@ pub struct RunIo<'a> {
 
 impl std::fmt::Debug for RunIo<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunIo").field("stdin", &self.stdin).field("size", &self.size).finish()
+        f.debug_struct("RunIo")
+            .field("stdin", &self.stdin)
+            .field("size", &self.size)
+            .finish()
     }
 }
 
@@ -78,7 +81,9 @@ where
     }
     let fut = drive(stream, opts, io);
     match opts.timeout {
-        Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| RunError::Timeout)?,
+        Some(t) => tokio::time::timeout(t, fut)
+            .await
+            .map_err(|_| RunError::Timeout)?,
         None => fut.await,
     }
 }
@@ -106,15 +111,31 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    write_message_async(&mut wr, &Message::Hello { version: PROTOCOL_VERSION, caps: 0 }).await?;
+    write_message_async(
+        &mut wr,
+        &Message::Hello {
+            version: PROTOCOL_VERSION,
+            caps: 0,
+        },
+    )
+    .await?;
     match read_message_async(&mut rd).await? {
-        Message::Hello { version: PROTOCOL_VERSION, caps } => {
+        Message::Hello {
+            version: PROTOCOL_VERSION,
+            caps,
+        } => {
             log::debug!("agent hello, caps {caps:#x}");
         }
         Message::Hello { version, .. } => {
-            return Err(RunError::Handshake(format!("agent speaks protocol {version}")));
+            return Err(RunError::Handshake(format!(
+                "agent speaks protocol {version}"
+            )));
         }
-        other => return Err(RunError::Handshake(format!("expected hello, got {other:?}"))),
+        other => {
+            return Err(RunError::Handshake(format!(
+                "expected hello, got {other:?}"
+            )));
+        }
     }
     write_message_async(&mut wr, &Message::Exec(exec_request(opts, io.size))).await?;
 
@@ -125,7 +146,11 @@ where
         }
         Ok::<_, ProtocolError>(())
     };
-    let stdin = if opts.interactive { io.stdin } else { Stdin::Null };
+    let stdin = if opts.interactive {
+        io.stdin
+    } else {
+        Stdin::Null
+    };
     let stdin_pump = pump_stdin(stdin, tx.clone());
     let control = forward_control(io.control, tx);
     let reader = read_events(&mut rd, io.stdout, io.stderr);
@@ -158,7 +183,10 @@ async fn pump_stdin(stdin: Stdin, tx: mpsc::Sender<Message>) {
                     match r.read(&mut buf).await {
                         Ok(0) => break,
                         Ok(n) => {
-                            let m = Message::Stdin { id: EXEC_ID, data: buf[..n].to_vec() };
+                            let m = Message::Stdin {
+                                id: EXEC_ID,
+                                data: buf[..n].to_vec(),
+                            };
                             if tx.send(m).await.is_err() {
                                 return;
                             }
@@ -174,7 +202,10 @@ async fn pump_stdin(stdin: Stdin, tx: mpsc::Sender<Message>) {
             Stdin::Chunks(mut rx) => {
                 while let Some(data) = rx.recv().await {
                     for chunk in data.chunks(MAX_CHUNK) {
-                        let m = Message::Stdin { id: EXEC_ID, data: chunk.to_vec() };
+                        let m = Message::Stdin {
+                            id: EXEC_ID,
+                            data: chunk.to_vec(),
+                        };
                         if tx.send(m).await.is_err() {
                             return;
                         }
@@ -195,7 +226,11 @@ async fn forward_control(
         while let Some(c) = control.recv().await {
             let m = match c {
                 Control::Signal(signo) => Message::Signal { id: EXEC_ID, signo },
-                Control::Resize { rows, cols } => Message::Resize { id: EXEC_ID, rows, cols },
+                Control::Resize { rows, cols } => Message::Resize {
+                    id: EXEC_ID,
+                    rows,
+                    cols,
+                },
             };
             if tx.send(m).await.is_err() {
                 return;
@@ -225,14 +260,22 @@ where
                 log::debug!("command started (agent pid {pid})");
                 started = true;
             }
-            Message::ExecError { id: EXEC_ID, code, message } => {
+            Message::ExecError {
+                id: EXEC_ID,
+                code,
+                message,
+            } => {
                 log::debug!("command did not start: {message}");
                 if code == 125 {
                     return Err(RunError::Agent(message));
                 }
                 return Ok(i32::from(code));
             }
-            Message::Output { id: EXEC_ID, stream, data } => {
+            Message::Output {
+                id: EXEC_ID,
+                stream,
+                data,
+            } => {
                 let r = match stream {
                     Stream::Stdout => stdout.write_all(&data).await,
                     Stream::Stderr => stderr.write_all(&data).await,
@@ -244,13 +287,19 @@ where
                     log::debug!("local output closed: {e}");
                 }
             }
-            Message::OutputEof { id: EXEC_ID, stream } => {
+            Message::OutputEof {
+                id: EXEC_ID,
+                stream,
+            } => {
                 let _ = match stream {
                     Stream::Stdout => stdout.flush().await,
                     Stream::Stderr => stderr.flush().await,
                 };
             }
-            Message::Exit { id: EXEC_ID, status } => {
+            Message::Exit {
+                id: EXEC_ID,
+                status,
+            } => {
                 stdout.flush().await.map_err(RunError::Io)?;
                 stderr.flush().await.map_err(RunError::Io)?;
                 if !started {

@@ -15,14 +15,28 @@ pub async fn run_command<S>(stream: S, opts: &RunOptions) -> Result<i32, RunErro
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let stdin = if opts.interactive { spawn_stdin_reader() } else { Stdin::Null };
+    let stdin = if opts.interactive {
+        spawn_stdin_reader()
+    } else {
+        Stdin::Null
+    };
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
     let size = if opts.tty { term::size() } else { None };
-    let _raw = if opts.tty { term::RawMode::enable() } else { None };
+    let _raw = if opts.tty {
+        term::RawMode::enable()
+    } else {
+        None
+    };
     let signals = term::forward_signals(ctl_tx, opts.tty);
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
-    let io = RunIo { stdin, stdout: &mut stdout, stderr: &mut stderr, control: Some(ctl_rx), size };
+    let io = RunIo {
+        stdin,
+        stdout: &mut stdout,
+        stderr: &mut stderr,
+        control: Some(ctl_rx),
+        size,
+    };
     let result = run_with_io(stream, opts, io).await;
     signals.abort();
     result
@@ -32,25 +46,27 @@ where
 /// and must not keep an async runtime from shutting down).
 fn spawn_stdin_reader() -> Stdin {
     let (tx, rx) = mpsc::channel(4);
-    let spawned = std::thread::Builder::new().name("run-stdin".into()).spawn(move || {
-        let mut stdin = std::io::stdin().lock();
-        let mut buf = vec![0u8; krypton_protocol::MAX_CHUNK];
-        loop {
-            match stdin.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    if tx.blocking_send(buf[..n].to_vec()).is_err() {
+    let spawned = std::thread::Builder::new()
+        .name("run-stdin".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = vec![0u8; krypton_protocol::MAX_CHUNK];
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        log::warn!("reading stdin: {e}");
                         return;
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    log::warn!("reading stdin: {e}");
-                    return;
-                }
             }
-        }
-    });
+        });
     match spawned {
         Ok(_) => Stdin::Chunks(rx),
         Err(e) => {
@@ -68,13 +84,15 @@ mod term {
 
     /// Terminal size of stdout (or stdin) as (rows, cols).
     pub fn size() -> Option<(u16, u16)> {
-        [libc::STDOUT_FILENO, libc::STDIN_FILENO].into_iter().find_map(|fd| {
-            // SAFETY: winsize is plain data.
-            let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-            // SAFETY: ws is a valid out pointer for TIOCGWINSZ.
-            let r = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
-            (r == 0 && ws.ws_row > 0).then_some((ws.ws_row, ws.ws_col))
-        })
+        [libc::STDOUT_FILENO, libc::STDIN_FILENO]
+            .into_iter()
+            .find_map(|fd| {
+                // SAFETY: winsize is plain data.
+                let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+                // SAFETY: ws is a valid out pointer for TIOCGWINSZ.
+                let r = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
+                (r == 0 && ws.ws_row > 0).then_some((ws.ws_row, ws.ws_col))
+            })
     }
 
     /// Restores the saved termios of stdin on drop.
@@ -128,7 +146,11 @@ mod term {
                     Err(e) => log::warn!("cannot watch signal {signo}: {e}"),
                 }
             }
-            let mut winch = if tty { signal(SignalKind::window_change()).ok() } else { None };
+            let mut winch = if tty {
+                signal(SignalKind::window_change()).ok()
+            } else {
+                None
+            };
             loop {
                 let next = futures_select(&mut streams, winch.as_mut());
                 match next.await {
@@ -186,7 +208,10 @@ mod term {
     }
 
     /// Forwards Ctrl-C as SIGINT until aborted.
-    pub fn forward_signals(tx: UnboundedSender<Control>, _tty: bool) -> tokio::task::JoinHandle<()> {
+    pub fn forward_signals(
+        tx: UnboundedSender<Control>,
+        _tty: bool,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             while tokio::signal::ctrl_c().await.is_ok() {
                 let _ = tx.send(Control::Signal(2));

@@ -9,13 +9,27 @@ use tokio::sync::mpsc;
 use super::*;
 
 fn opts(argv: &[&str]) -> RunOptions {
-    RunOptions { argv: argv.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+    RunOptions {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
 }
 
 /// Fake agent: hello exchange, returns the Exec it received.
 async fn agent_start(s: &mut DuplexStream) -> krypton_protocol::ExecRequest {
-    write_message_async(s, &Message::Hello { version: PROTOCOL_VERSION, caps: 0 }).await.expect("test step");
-    assert!(matches!(read_message_async(s).await.expect("test step"), Message::Hello { version: 1, .. }));
+    write_message_async(
+        s,
+        &Message::Hello {
+            version: PROTOCOL_VERSION,
+            caps: 0,
+        },
+    )
+    .await
+    .expect("test step");
+    assert!(matches!(
+        read_message_async(s).await.expect("test step"),
+        Message::Hello { version: 1, .. }
+    ));
     match read_message_async(s).await.expect("test step") {
         Message::Exec(e) => e,
         other => panic!("expected exec, got {other:?}"),
@@ -29,7 +43,13 @@ async fn run(
     control: Option<mpsc::UnboundedReceiver<Control>>,
 ) -> (Result<i32, RunError>, Vec<u8>, Vec<u8>) {
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    let io = RunIo { stdin, stdout: &mut out, stderr: &mut err, control, size: Some((33, 99)) };
+    let io = RunIo {
+        stdin,
+        stdout: &mut out,
+        stderr: &mut err,
+        control,
+        size: Some((33, 99)),
+    };
     let r = run_with_io(stream, o, io).await;
     (r, out, err)
 }
@@ -41,7 +61,9 @@ async fn echo_session_streams_stdin_and_output_before_exit() {
         let e = agent_start(&mut agent).await;
         assert_eq!(e.argv, ["cat"]);
         assert_eq!((e.rows, e.cols, e.tty), (33, 99, true));
-        write_message_async(&mut agent, &Message::Started { id: e.id, pid: 9 }).await.expect("test step");
+        write_message_async(&mut agent, &Message::Started { id: e.id, pid: 9 })
+            .await
+            .expect("test step");
         let mut got = Vec::new();
         loop {
             match read_message_async(&mut agent).await.expect("test step") {
@@ -50,19 +72,39 @@ async fn echo_session_streams_stdin_and_output_before_exit() {
                 other => panic!("unexpected {other:?}"),
             }
         }
-        for (stream, data) in [(Stream::Stdout, got.clone()), (Stream::Stderr, b"e".to_vec())] {
+        for (stream, data) in [
+            (Stream::Stdout, got.clone()),
+            (Stream::Stderr, b"e".to_vec()),
+        ] {
             for chunk in data.chunks(krypton_protocol::MAX_CHUNK) {
-                let m = Message::Output { id: e.id, stream, data: chunk.to_vec() };
-                write_message_async(&mut agent, &m).await.expect("test step");
+                let m = Message::Output {
+                    id: e.id,
+                    stream,
+                    data: chunk.to_vec(),
+                };
+                write_message_async(&mut agent, &m)
+                    .await
+                    .expect("test step");
             }
-            write_message_async(&mut agent, &Message::OutputEof { id: e.id, stream }).await.expect("test step");
+            write_message_async(&mut agent, &Message::OutputEof { id: e.id, stream })
+                .await
+                .expect("test step");
         }
-        let exit = Message::Exit { id: e.id, status: ExitStatus::Code(3) };
-        write_message_async(&mut agent, &exit).await.expect("test step");
+        let exit = Message::Exit {
+            id: e.id,
+            status: ExitStatus::Code(3),
+        };
+        write_message_async(&mut agent, &exit)
+            .await
+            .expect("test step");
         got
     });
     let input: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-    let o = RunOptions { interactive: true, tty: true, ..opts(&["cat"]) };
+    let o = RunOptions {
+        interactive: true,
+        tty: true,
+        ..opts(&["cat"])
+    };
     let stdin = Stdin::Reader(Box::new(std::io::Cursor::new(input.clone())));
     let (r, out, err) = run(host, &o, stdin, None).await;
     assert_eq!(r.expect("test step"), 3);
@@ -77,9 +119,15 @@ async fn non_interactive_sends_eof_and_ignores_stdin() {
     let fake = tokio::spawn(async move {
         let e = agent_start(&mut agent).await;
         let first = read_message_async(&mut agent).await.expect("test step");
-        write_message_async(&mut agent, &Message::Exit { id: e.id, status: ExitStatus::Code(0) })
-            .await
-            .expect("test step");
+        write_message_async(
+            &mut agent,
+            &Message::Exit {
+                id: e.id,
+                status: ExitStatus::Code(0),
+            },
+        )
+        .await
+        .expect("test step");
         first
     });
     let stdin = Stdin::Reader(Box::new(std::io::Cursor::new(b"ignored".to_vec())));
@@ -94,8 +142,14 @@ async fn exec_errors_map_to_126_127_and_125() {
         let (host, mut agent) = duplex(1 << 16);
         tokio::spawn(async move {
             let e = agent_start(&mut agent).await;
-            let m = Message::ExecError { id: e.id, code, message: "nope".into() };
-            write_message_async(&mut agent, &m).await.expect("test step");
+            let m = Message::ExecError {
+                id: e.id,
+                code,
+                message: "nope".into(),
+            };
+            write_message_async(&mut agent, &m)
+                .await
+                .expect("test step");
             let _ = read_message_async(&mut agent).await;
         });
         let (r, _, _) = run(host, &opts(&["x"]), Stdin::Null, None).await;
@@ -111,12 +165,19 @@ async fn signal_is_forwarded_and_signal_exit_is_128_plus_n() {
     let (host, mut agent) = duplex(1 << 16);
     tokio::spawn(async move {
         let e = agent_start(&mut agent).await;
-        write_message_async(&mut agent, &Message::Started { id: e.id, pid: 9 }).await.expect("test step");
+        write_message_async(&mut agent, &Message::Started { id: e.id, pid: 9 })
+            .await
+            .expect("test step");
         loop {
             match read_message_async(&mut agent).await.expect("test step") {
                 Message::Signal { signo, .. } => {
-                    let m = Message::Exit { id: e.id, status: ExitStatus::Signal(signo) };
-                    write_message_async(&mut agent, &m).await.expect("test step");
+                    let m = Message::Exit {
+                        id: e.id,
+                        status: ExitStatus::Signal(signo),
+                    };
+                    write_message_async(&mut agent, &m)
+                        .await
+                        .expect("test step");
                 }
                 Message::StdinEof { .. } => {}
                 other => panic!("unexpected {other:?}"),
@@ -136,7 +197,10 @@ async fn timeout_is_124() {
         let _ = agent_start(&mut agent).await;
         tokio::time::sleep(Duration::from_secs(30)).await;
     });
-    let o = RunOptions { timeout: Some(Duration::from_millis(100)), ..opts(&["sleep"]) };
+    let o = RunOptions {
+        timeout: Some(Duration::from_millis(100)),
+        ..opts(&["sleep"])
+    };
     let (r, _, _) = run(host, &o, Stdin::Null, None).await;
     assert!(matches!(r, Err(RunError::Timeout)));
     assert_eq!(exit_code(&r), 124);
@@ -154,7 +218,15 @@ async fn agent_failures_are_125() {
     // Wrong protocol version.
     let (host, mut agent) = duplex(1 << 16);
     tokio::spawn(async move {
-        write_message_async(&mut agent, &Message::Hello { version: 99, caps: 0 }).await.expect("test step");
+        write_message_async(
+            &mut agent,
+            &Message::Hello {
+                version: 99,
+                caps: 0,
+            },
+        )
+        .await
+        .expect("test step");
         let _ = read_message_async(&mut agent).await;
     });
     let (r, _, _) = run(host, &opts(&["x"]), Stdin::Null, None).await;
