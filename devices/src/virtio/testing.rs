@@ -116,6 +116,16 @@ impl Ring {
             .expect("avail idx");
     }
 
+    /// Puts several heads in the available ring, bumping its index once.
+    pub fn publish_batch(&mut self, mem: &GuestMem, heads: &[u16]) {
+        for &head in heads {
+            let slot = u64::from(self.avail_idx % self.size);
+            mem.write_obj(head, GuestAddress(self.avail + 4 + 2 * slot)).expect("avail slot");
+            self.avail_idx = self.avail_idx.wrapping_add(1);
+        }
+        mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2)).expect("avail idx");
+    }
+
     /// Sets the avail ring's raw index (for malicious tests).
     pub fn set_avail_idx(&mut self, mem: &GuestMem, idx: u16) {
         self.avail_idx = idx;
