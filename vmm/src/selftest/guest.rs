@@ -3,10 +3,12 @@
 //! "check this register, else exit with a numbered failure code".
 
 use super::CaseFailure;
-use crate::hv::{CpuState, Regs, Segment, Sregs};
+use crate::hv::CpuState;
 use iced_x86::BlockEncoderOptions;
 use iced_x86::code_asm::*;
+use krypton_boot::entry;
 use krypton_boot::layout::DEBUG_EXIT_PORT;
+use vm_memory::GuestMemoryMmap;
 
 /// The CPU mode a conformance guest starts in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,33 +40,27 @@ impl Mode {
     }
 }
 
-/// Low-memory layout shared by all guests.
+/// Low-memory layout shared by all guests. The GDT, the long-mode page
+/// tables and the boot stack are the boot crate's (`krypton_boot::entry`,
+/// below 0x600 and at 0x9000-0xefff); the guest's own areas avoid them.
 pub mod addr {
-    /// Variables the guest and its interrupt handlers share (markers, counters).
-    pub const DATA: u64 = 0x500;
-    /// Where a failing check stores the value it saw (8 bytes).
-    pub const ACTUAL: u64 = 0x600;
-    /// Ten zero bytes: an IDT pseudo-descriptor with limit 0.
-    pub const NULL_IDTR: u64 = 0x700;
-    /// The GDT.
-    pub const GDT: u64 = 0x1000;
-    /// The IDT (protected and long mode).
+    /// The IDT (protected and long mode; 256 gates).
     pub const IDT: u64 = 0x2000;
-    /// PML4; the PDPT and four page directories follow it.
-    pub const PML4: u64 = 0x3000;
-    /// Initial stack pointer (grows down).
-    pub const STACK_TOP: u64 = 0xf000;
+    /// Variables the guest and its interrupt handlers share (markers, counters).
+    pub const DATA: u64 = 0x6000;
+    /// Where a failing check stores the value it saw (8 bytes).
+    pub const ACTUAL: u64 = 0x6100;
+    /// Ten zero bytes: an IDT pseudo-descriptor with limit 0.
+    pub const NULL_IDTR: u64 = 0x6200;
+    /// The pseudo-descriptor the prologue loads with `lidt`.
+    pub const IDTR: u64 = 0x6300;
+    /// Stack pointer set by the prologue (grows down).
+    pub const STACK_TOP: u64 = 0x8000;
     /// Guest code.
     pub const CODE: u64 = 0x1_0000;
     /// Real-mode code segment (base `CODE`).
     pub const REAL_CS: u16 = (CODE >> 4) as u16;
 }
-
-/// GDT selectors.
-const SEL_CODE32: u16 = 0x08;
-const SEL_DATA: u16 = 0x10;
-const SEL_CODE64: u16 = 0x18;
-const SEL_TSS: u16 = 0x20;
 
 /// The value a guest writes to the debug-exit port when every check passed.
 pub const PASS: u32 = 0x600d;
@@ -138,15 +134,21 @@ impl Assembled {
 }
 
 impl GuestAsm {
-    /// Starts a guest program for `mode`.
+    /// Starts a guest program for `mode` with its prologue: in real mode
+    /// flat data segments at 0 (the boot state has them equal to CS), then
+    /// the stack pointer and `lidt` of the guest's own IVT/IDT.
     pub fn new(mode: Mode) -> Result<Self, CaseFailure> {
-        Ok(GuestAsm {
-            a: CodeAssembler::new(mode.bitness())?,
-            mode,
-            checks: Vec::new(),
-            skips: Vec::new(),
-            vectors: Vec::new(),
-        })
+        let mut a = CodeAssembler::new(mode.bitness())?;
+        if mode == Mode::Real {
+            a.xor(ax, ax)?;
+            a.mov(ds, ax)?;
+            a.mov(es, ax)?;
+            a.mov(ss, ax)?;
+        }
+        // In long mode a 32-bit move zero-extends into RSP.
+        a.mov(esp, addr::STACK_TOP as u32)?;
+        a.lidt(ptr(addr::IDTR))?;
+        Ok(GuestAsm { a, mode, checks: Vec::new(), skips: Vec::new(), vectors: Vec::new() })
     }
 
     /// Writes `value` to the debug-exit port, then halts forever.
@@ -295,170 +297,57 @@ impl GuestAsm {
     }
 }
 
-/// Flat descriptor: base 0, limit 4 GiB, given access byte and flags nibble.
-fn gdt_entry(access: u8, flags: u8) -> u64 {
-    0xffff | (u64::from(access) << 40) | (0xf << 48) | (u64::from(flags) << 52)
-}
-
-/// The GDT all protected/long-mode guests load.
-pub fn gdt() -> [u64; 5] {
-    [
-        0,
-        gdt_entry(0x9a, 0xc), // 0x08: 32-bit code
-        gdt_entry(0x92, 0xc), // 0x10: data
-        gdt_entry(0x9a, 0xa), // 0x18: 64-bit code
-        0,                    // 0x20: TSS placeholder (only its cache is used)
-    ]
-}
-
-/// The low-memory image a guest needs besides its code: (address, bytes).
+/// The low-memory image a guest needs besides its code and what the boot
+/// crate writes: IVT or IDT gates and the IDTR pseudo-descriptor.
 pub fn memory_image(g: &Assembled) -> Vec<(u64, Vec<u8>)> {
     let mut out = Vec::new();
-    let gdt_bytes: Vec<u8> = gdt().iter().flat_map(|e| e.to_le_bytes()).collect();
-    out.push((addr::GDT, gdt_bytes));
-    match g.mode {
-        Mode::Real => {
-            let mut ivt = Vec::new();
-            for (v, off) in &g.vectors {
+    let (idt_base, idt_limit) = match g.mode {
+        Mode::Real => (0u64, 0x3ffu16),
+        Mode::Protected => (addr::IDT, 256 * 8 - 1),
+        Mode::Long => (addr::IDT, 256 * 16 - 1),
+    };
+    let mut idtr = idt_limit.to_le_bytes().to_vec();
+    idtr.extend_from_slice(&idt_base.to_le_bytes());
+    out.push((addr::IDTR, idtr));
+    for (v, off) in &g.vectors {
+        let v = u64::from(*v);
+        let target = addr::CODE + off;
+        match g.mode {
+            Mode::Real => {
                 let mut e = (*off as u16).to_le_bytes().to_vec();
                 e.extend_from_slice(&addr::REAL_CS.to_le_bytes());
-                ivt.push((u64::from(*v) * 4, e));
+                out.push((v * 4, e));
             }
-            out.extend(ivt);
-        }
-        Mode::Protected => {
-            for (v, off) in &g.vectors {
-                let target = addr::CODE + off;
-                let e = (target & 0xffff)
-                    | (u64::from(SEL_CODE32) << 16)
-                    | (0x8e << 40)
-                    | ((target >> 16) << 48);
-                out.push((addr::IDT + u64::from(*v) * 8, e.to_le_bytes().to_vec()));
+            Mode::Protected => {
+                let e = gate_low(target, entry::CODE32_SELECTOR);
+                out.push((addr::IDT + v * 8, e.to_le_bytes().to_vec()));
             }
-        }
-        Mode::Long => {
-            for (v, off) in &g.vectors {
-                let target = addr::CODE + off;
-                let lo = (target & 0xffff)
-                    | (u64::from(SEL_CODE64) << 16)
-                    | (0x8e << 40)
-                    | (((target >> 16) & 0xffff) << 48);
-                let mut e = lo.to_le_bytes().to_vec();
+            Mode::Long => {
+                let mut e = gate_low(target, entry::CODE64_SELECTOR).to_le_bytes().to_vec();
                 e.extend_from_slice(&(target >> 32).to_le_bytes());
-                out.push((addr::IDT + u64::from(*v) * 16, e));
+                out.push((addr::IDT + v * 16, e));
             }
-            out.extend(page_tables());
         }
     }
     out
 }
 
-/// Identity map of the low 4 GiB with 2 MiB pages; the top GiB (MMIO) is
-/// uncached. PML4 at `addr::PML4`, PDPT after it, then four directories.
-fn page_tables() -> Vec<(u64, Vec<u8>)> {
-    const PRESENT_RW: u64 = 0x3;
-    const LARGE: u64 = 0x80;
-    const PCD_PWT: u64 = 0x18;
-    let pdpt = addr::PML4 + 0x1000;
-    let pd0 = pdpt + 0x1000;
-    let mut out = vec![(addr::PML4, (pdpt | PRESENT_RW).to_le_bytes().to_vec())];
-    let pdpt_entries: Vec<u8> =
-        (0..4u64).flat_map(|i| ((pd0 + i * 0x1000) | PRESENT_RW).to_le_bytes()).collect();
-    out.push((pdpt, pdpt_entries));
-    for i in 0..4u64 {
-        let cache = if i == 3 { PCD_PWT } else { 0 };
-        let pd: Vec<u8> = (0..512u64)
-            .flat_map(|j| (((i << 30) | (j << 21)) | PRESENT_RW | LARGE | cache).to_le_bytes())
-            .collect();
-        out.push((pd0 + i * 0x1000, pd));
-    }
-    out
+/// The low 8 bytes of a present ring-0 interrupt gate.
+fn gate_low(target: u64, selector: u16) -> u64 {
+    (target & 0xffff) | (u64::from(selector) << 16) | (0x8e << 40) | (((target >> 16) & 0xffff) << 48)
 }
 
-/// Highest address used by [`memory_image`] plus the code (for sizing RAM).
+/// Highest address used by the code (for sizing RAM).
 pub fn image_end(g: &Assembled) -> u64 {
     addr::CODE + g.code.len() as u64
 }
 
-fn seg(selector: u16, type_: u8, db: bool, l: bool) -> Segment {
-    Segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_,
-        present: true,
-        dpl: 0,
-        db,
-        s: true,
-        l,
-        g: true,
-        avl: false,
-        unusable: false,
-    }
-}
-
-fn real_seg(selector: u16, type_: u8) -> Segment {
-    Segment {
-        base: u64::from(selector) << 4,
-        limit: 0xffff,
-        selector,
-        type_,
-        present: true,
-        s: true,
-        ..Segment::default()
-    }
-}
-
-/// The boot vCPU's entry state for a guest in `mode`.
-pub fn entry_state(mode: Mode) -> CpuState {
-    const CR0_PE: u64 = 1;
-    const CR0_ET: u64 = 1 << 4;
-    const CR0_NE: u64 = 1 << 5;
-    const CR0_PG: u64 = 1 << 31;
-    const CR4_PAE: u64 = 1 << 5;
-    const EFER_LME: u64 = 1 << 8;
-    const EFER_LMA: u64 = 1 << 10;
-    let tr = Segment {
-        limit: 0x67,
-        selector: SEL_TSS,
-        type_: 11,
-        present: true,
-        ..Segment::default()
-    };
-    let ldt = Segment { type_: 2, present: true, unusable: true, ..Segment::default() };
-    let gdt = crate::hv::DescriptorTable { base: addr::GDT, limit: (gdt().len() * 8 - 1) as u16 };
-    let mut sregs = Sregs { tr, ldt, gdt, ..Sregs::default() };
-    let mut regs = Regs { rflags: 2, rsp: addr::STACK_TOP, ..Regs::default() };
-    match mode {
-        Mode::Real => {
-            let data = real_seg(0, 3);
-            sregs.cs = real_seg(addr::REAL_CS, 0xb);
-            (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
-            sregs.tr = Segment { limit: 0xffff, type_: 3, present: true, ..Segment::default() };
-            sregs.idt = crate::hv::DescriptorTable { base: 0, limit: 0x3ff };
-            sregs.cr0 = CR0_ET;
-            regs.rip = 0;
-        }
-        Mode::Protected | Mode::Long => {
-            let long = mode == Mode::Long;
-            let data = seg(SEL_DATA, 3, true, false);
-            sregs.cs = if long {
-                seg(SEL_CODE64, 0xb, false, true)
-            } else {
-                seg(SEL_CODE32, 0xb, true, false)
-            };
-            (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
-            let idt_entry = if long { 16 } else { 8 };
-            sregs.idt = crate::hv::DescriptorTable { base: addr::IDT, limit: 256 * idt_entry - 1 };
-            sregs.cr0 = CR0_PE | CR0_ET | CR0_NE;
-            if long {
-                sregs.cr0 |= CR0_PG;
-                sregs.cr3 = addr::PML4;
-                sregs.cr4 = CR4_PAE;
-                sregs.efer = EFER_LME | EFER_LMA;
-            }
-            regs.rip = addr::CODE;
-        }
-    }
-    CpuState { regs, sregs, msrs: Vec::new() }
+/// The boot vCPU's entry state for a guest in `mode`, from the boot crate's
+/// builders (which also write the GDT and, for long mode, page tables).
+pub fn entry_state(mem: &GuestMemoryMmap, mode: Mode) -> Result<CpuState, CaseFailure> {
+    Ok(match mode {
+        Mode::Real => entry::real_mode_state(addr::REAL_CS, 0),
+        Mode::Protected => entry::protected_mode_state(mem, addr::CODE as u32, 0)?,
+        Mode::Long => entry::long_mode_state(mem, addr::CODE, 0)?,
+    })
 }

@@ -43,6 +43,9 @@ pub enum CaseFailure {
     /// The VM could not be built or run.
     #[error("machine")]
     Machine(#[from] crate::machine::MachineError),
+    /// The boot crate could not write the entry structures.
+    #[error("entry state")]
+    Boot(#[from] krypton_boot::BootError),
     /// Guest memory could not be written or read.
     #[error("guest memory")]
     Memory(#[from] vm_memory::GuestMemoryError),

@@ -88,7 +88,8 @@ pub fn run(hv: &dyn Hypervisor, g: &Assembled, setup: Setup) -> Result<Ran, Case
         mem.write_slice(&bytes, GuestAddress(at))?;
     }
     mem.write_slice(&g.code, GuestAddress(addr::CODE))?;
-    let outcome = m.run(guest::entry_state(g.mode), Some(setup.timeout.unwrap_or(TIMEOUT)))?;
+    let boot = guest::entry_state(&mem, g.mode)?;
+    let outcome = m.run(boot, Some(setup.timeout.unwrap_or(TIMEOUT)))?;
     let actual = mem.read_obj::<u64>(GuestAddress(addr::ACTUAL))?;
     Ok(Ran { outcome, actual })
 }

@@ -59,49 +59,49 @@ fn interrupt_guests_install_their_handler() {
     assert_eq!(b[5], 0x8e, "present interrupt gate");
 }
 
+fn test_mem() -> vm_memory::GuestMemoryMmap {
+    vm_memory::GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).expect("mem")
+}
+
 #[test]
 fn long_mode_page_tables_identity_map_the_apics() {
-    let g = GuestAsm::new(Mode::Long).and_then(|mut g| g.pass().map(|()| g)).expect("guest");
-    let g = g.assemble().expect("asm");
-    let image = guest::memory_image(&g);
-    let read = |a: u64| -> u64 {
-        for (start, bytes) in &image {
-            if a >= *start && a + 8 <= start + bytes.len() as u64 {
-                let o = (a - start) as usize;
-                let mut x = [0u8; 8];
-                x.copy_from_slice(&bytes[o..o + 8]);
-                return u64::from_le_bytes(x);
-            }
-        }
-        panic!("{a:#x} not in the image");
-    };
+    use vm_memory::{Bytes, GuestAddress};
+    let mem = test_mem();
+    let st = guest::entry_state(&mem, Mode::Long).expect("state");
+    let read = |a: u64| mem.read_obj::<u64>(GuestAddress(a)).expect("read");
     for va in [0u64, addr::CODE, 0xc000_0000, 0xfec0_0000, 0xfee0_00b0] {
-        let pml4e = read(addr::PML4 + ((va >> 39) & 0x1ff) * 8);
+        let pml4e = read(st.sregs.cr3 + ((va >> 39) & 0x1ff) * 8);
         let pdpte = read((pml4e & !0xfff) + ((va >> 30) & 0x1ff) * 8);
         let pde = read((pdpte & !0xfff) + ((va >> 21) & 0x1ff) * 8);
         assert_eq!(pde & 0x81, 0x81, "present 2 MiB page for {va:#x}");
         let pa = (pde & !0x1f_ffff & 0x000f_ffff_ffff_ffff) | (va & 0x1f_ffff);
         assert_eq!(pa, va);
     }
+    // The boot crate's tables stay clear of the guest's own areas.
+    for (name, a) in [("IDT", addr::IDT), ("DATA", addr::DATA), ("STACK", addr::STACK_TOP - 8)] {
+        assert!(a + 8 <= st.sregs.cr3 || a >= st.sregs.cr3 + 6 * 0x1000, "{name} overlaps page tables");
+    }
 }
 
 #[test]
 fn entry_states_match_their_modes() {
-    let real = guest::entry_state(Mode::Real);
+    let mem = test_mem();
+    let real = guest::entry_state(&mem, Mode::Real).expect("real");
     assert_eq!(real.sregs.cr0 & 1, 0);
     assert_eq!(real.sregs.cs.base, addr::CODE);
     assert_eq!(real.regs.rip, 0);
-    let prot = guest::entry_state(Mode::Protected);
+    let prot = guest::entry_state(&mem, Mode::Protected).expect("prot");
     assert_eq!(prot.sregs.cr0 & 0x8000_0001, 1);
     assert!(prot.sregs.cs.db && !prot.sregs.cs.l);
-    let long = guest::entry_state(Mode::Long);
+    assert_eq!(prot.regs.rip, addr::CODE);
+    let long = guest::entry_state(&mem, Mode::Long).expect("long");
     assert_eq!(long.sregs.efer & 0x500, 0x500);
     assert!(long.sregs.cs.l && !long.sregs.cs.db);
-    assert_eq!(long.sregs.cr3, addr::PML4);
-    // GDT selectors in the state agree with the descriptors.
-    let gdt = guest::gdt();
-    assert_eq!((gdt[usize::from(long.sregs.cs.selector) / 8] >> 53) & 1, 1, "L bit");
-    assert_eq!((gdt[usize::from(prot.sregs.cs.selector) / 8] >> 54) & 1, 1, "D bit");
+    assert_eq!(long.regs.rip, addr::CODE);
+    // The guest's IDT gates use the code selectors the states load.
+    let g = cases::irq::ioapic_guest(Mode::Protected).and_then(GuestAsm::assemble).expect("asm");
+    let gate = guest::memory_image(&g).into_iter().find(|(a, _)| *a == addr::IDT + 0x40 * 8).expect("gate");
+    assert_eq!(u16::from_le_bytes([gate.1[2], gate.1[3]]), prot.sregs.cs.selector);
 }
 
 #[test]
