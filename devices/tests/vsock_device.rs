@@ -197,10 +197,38 @@ fn slow_host_reader_backpressures_guest() {
         assert!(acked <= 64 * 1024, "{layout:?}: acked {acked} bytes the host never took");
         tx.send(()).expect("release host");
         g.write(key, &data[sent..]);
+        let updates = g.log.iter().filter(|h| h.op == vsock_driver::OP_CREDIT_UPDATE).count();
+        assert!(updates > 0, "{layout:?}: credit came back through proactive CREDIT_UPDATEs");
         g.shutdown(key, SHUT_SEND | SHUT_RCV);
         assert!(g.wait_reset(key, T));
         assert_eq!(rt.block_on(task).expect("host"), data, "{layout:?}: bytes intact");
     }
+}
+
+/// CREDIT_REQUEST is answered with the device's current credit.
+#[test]
+fn credit_request_is_answered() {
+    let rt = runtime();
+    let host = VsockHost::in_process().expect("host");
+    let mut listener = host.listen_in_process(13);
+    let mut g = Guest::new(Layout::Split, host.clone(), 3);
+    let task = rt.spawn(async move {
+        let mut s = listener.accept().await.expect("conn");
+        let mut buf = vec![0u8; 1000];
+        s.read_exact(&mut buf).await.expect("read");
+        (s, buf)
+    });
+    let key = g.connect(13).expect("connected");
+    g.write(key, &pattern(1000, 3));
+    let (_s, got) = rt.block_on(task).expect("host");
+    assert_eq!(got, pattern(1000, 3));
+    let before = g.log.len();
+    let h = g.hdr(key, vsock_driver::OP_CREDIT_REQUEST);
+    g.send_pkt(h, &[]);
+    assert!(g.run_until(T, |g| g.log[before..].iter().any(|h| h.op == vsock_driver::OP_CREDIT_UPDATE)));
+    let upd = g.log[before..].iter().find(|h| h.op == vsock_driver::OP_CREDIT_UPDATE).copied().expect("update");
+    assert_eq!((upd.buf_alloc, upd.fwd_cnt), (256 * 1024, 1000), "credit reflects bytes the host took");
+    assert_eq!((upd.src_port, upd.dst_port), (13, key.0));
 }
 
 /// A guest that ignores credit is reset; the data it was credited arrives.

@@ -195,7 +195,7 @@ impl Muxer {
             return reject(io, reply);
         }
         if self.conns.len() >= MAX_CONNECTIONS {
-            log::warn!("vsock: connection limit reached, refusing a host connection to port {port}");
+            warn_ratelimited!("vsock: connection limit reached, refusing a host connection to port {port}");
             return reject(io, reply);
         }
         let Some(local) = self.alloc_port(port) else { return reject(io, reply) };

@@ -220,15 +220,17 @@ impl VsockHost {
         let io = HostIo::new(Arc::clone(&self.inner.device));
         self.runtime().spawn(Arc::clone(&io).pump(theirs));
         self.push_request(HostRequest { port, io: Arc::clone(&io), reply: Reply::Notify(tx), created: Instant::now() });
-        match tokio::time::timeout(CONNECT_TIMEOUT * 2, rx).await {
-            Ok(Ok(true)) => Ok(mine),
-            Ok(_) => {
-                io.close();
-                Err(std::io::ErrorKind::ConnectionRefused.into())
-            }
-            Err(_) => {
+        // Time out on our runtime, so callers need no tokio timer of their own.
+        let waiter = self.runtime().spawn(tokio::time::timeout(CONNECT_TIMEOUT * 2, rx));
+        match waiter.await {
+            Ok(Ok(Ok(true))) => Ok(mine),
+            Ok(Err(_)) => {
                 io.close();
                 Err(std::io::ErrorKind::TimedOut.into())
+            }
+            _ => {
+                io.close();
+                Err(std::io::ErrorKind::ConnectionRefused.into())
             }
         }
     }

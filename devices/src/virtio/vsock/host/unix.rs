@@ -15,7 +15,7 @@ pub(super) async fn accept_loop(listener: UnixListener, host: WeakHost) {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
-                log::warn!("vsock: accept on the host socket failed: {e}");
+                crate::warn_ratelimited!("vsock: accept on the host socket failed: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
@@ -31,11 +31,11 @@ async fn handle(mut stream: UnixStream, host: WeakHost) {
     let port = match tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&mut stream)).await {
         Ok(Ok(port)) => port,
         Ok(Err(e)) => {
-            log::warn!("vsock: host connection rejected: {e}");
+            crate::warn_ratelimited!("vsock: host connection rejected: {e}");
             return;
         }
         Err(_) => {
-            log::warn!("vsock: host connection sent no CONNECT line in time");
+            crate::warn_ratelimited!("vsock: host connection sent no CONNECT line in time");
             return;
         }
     };

@@ -21,7 +21,7 @@ pub(super) fn first_instance(name: &str) -> std::io::Result<NamedPipeServer> {
 pub(super) async fn accept_loop(name: String, mut server: NamedPipeServer, host: WeakHost) {
     loop {
         if let Err(e) = server.connect().await {
-            log::warn!("vsock: named pipe connect failed: {e}");
+            crate::warn_ratelimited!("vsock: named pipe connect failed: {e}");
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         }
@@ -44,11 +44,11 @@ async fn handle(mut pipe: NamedPipeServer, host: WeakHost) {
     let port = match tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&mut pipe)).await {
         Ok(Ok(port)) => port,
         Ok(Err(e)) => {
-            log::warn!("vsock: host connection rejected: {e}");
+            crate::warn_ratelimited!("vsock: host connection rejected: {e}");
             return;
         }
         Err(_) => {
-            log::warn!("vsock: host connection sent no CONNECT line in time");
+            crate::warn_ratelimited!("vsock: host connection sent no CONNECT line in time");
             return;
         }
     };
