@@ -329,6 +329,14 @@ impl Machine {
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
                     let why = run_loop(vcpu.as_mut(), &ctx, &stop);
+                    if log::log_enabled!(log::Level::Debug) {
+                        if let (Ok(r), Ok(s)) = (vcpu.regs(), vcpu.sregs()) {
+                            log::debug!(
+                                "vCPU {id} stopped ({why:?}) at rip={:#x} rsp={:#x} rflags={:#x} cr0={:#x} cr3={:#x}",
+                                r.rip, r.rsp, r.rflags, s.cr0, s.cr3
+                            );
+                        }
+                    }
                     let _ = tx.send((id as u8, why));
                 })
                 .map_err(MachineError::Thread);

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use krypton_devices::virtio::blk::Block;
+use krypton_devices::virtio::rng::Rng;
 use krypton_devices::virtio::vsock::{Vsock, VsockHost};
 
 use super::one_line;
@@ -20,6 +21,9 @@ pub struct DeviceArgs {
     /// The guest's vsock context ID.
     #[arg(long, default_value_t = 3)]
     pub cid: u64,
+    /// Leave out the virtio-rng entropy device.
+    #[arg(long)]
+    pub no_rng: bool,
 }
 
 /// One `--disk`.
@@ -45,12 +49,16 @@ pub fn parse_disk(s: &str) -> Result<DiskArg, String> {
     Ok(DiskArg { path: PathBuf::from(path), read_only })
 }
 
-/// Adds every requested device to `machine`, disks first (so the first disk is vda).
+/// Adds every requested device to `machine`: disks first (so the first disk
+/// is vda), then virtio-rng, then vsock. Returns the vsock host side.
 pub fn add_all(machine: &mut Machine, args: &DeviceArgs) -> Result<VsockHost, String> {
     for d in &args.disks {
         let blk = Block::new(&d.path, d.read_only)
             .map_err(|e| format!("disk {}: {}", d.path.display(), one_line(&e)))?;
         machine.add_virtio_device(Box::new(blk)).map_err(|e| one_line(&e))?;
+    }
+    if !args.no_rng {
+        machine.add_virtio_device(Box::new(Rng::new())).map_err(|e| one_line(&e))?;
     }
     let host = match &args.vsock_uds {
         Some(path) => VsockHost::unix(path).map_err(|e| format!("vsock: {}", one_line(&e)))?,
