@@ -230,7 +230,9 @@ fn place_initrd(size: u64, kernel_end: u64, addr_max: u64, low_end: u64) -> Resu
 
 /// Loads a Linux kernel (and initrd, command line, memory map, MP table)
 /// into `mem` and returns the boot vCPU's entry state. Auto-detects ELF
-/// vmlinux and bzImage; see [`BootProtocol`] for the entry choice.
+/// vmlinux and bzImage; see [`BootProtocol`] for the entry choice. A 32-bit
+/// ELF without a PVH note (a test guest, not Linux) enters 32-bit protected
+/// mode at `e_entry` with EBX = 0, as [`crate::test_guest::load_elf`] does.
 pub fn load_kernel(mem: &GuestMemoryMmap, cfg: &KernelConfig) -> Result<CpuState, BootError> {
     if cfg.num_cpus == 0 || cfg.num_cpus > mptable::MAX_CPUS {
         return Err(BootError::BadCpuCount(usize::from(cfg.num_cpus)));
@@ -300,6 +302,11 @@ pub fn load_kernel(mem: &GuestMemoryMmap, cfg: &KernelConfig) -> Result<CpuState
         ) => {
             let info = pvh::write_start_info(mem, &memmap, Some(CMDLINE_START), initrd)?;
             protected_mode_state(mem, *entry, info as u32)?
+        }
+        (KernelKind::Elf(img), BootProtocol::Auto) if img.class == ElfClass::Elf32 => {
+            // Not a Linux kernel: a 32-bit test guest, entered like load_elf does.
+            let entry = u32::try_from(img.entry).map_err(|_| BootError::EntryAbove4G(img.entry))?;
+            protected_mode_state(mem, entry, 0)?
         }
         (KernelKind::Elf(img), _) => {
             if img.class != ElfClass::Elf64 {

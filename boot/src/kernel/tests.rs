@@ -428,3 +428,32 @@ fn files_are_checked_before_reading() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn elf32_test_guest_through_load_kernel() {
+    let m = mem(MEM);
+    let img = build_elf(&ElfSpec {
+        is64: false,
+        entry: 0x20_0004,
+        paddr: 0x20_0000,
+        code: &[0xf4; 8],
+        bss: 0,
+        note_desc: None,
+    });
+    let mut cfg = config(img);
+    let s = load_kernel(&m, &cfg).expect("elf32 guest");
+    assert_eq!(
+        (s.regs.rip, s.regs.rbx, s.sregs.cs.selector),
+        (0x20_0004, 0, crate::entry::CODE32_SELECTOR)
+    );
+    assert_eq!(read(&m, 0x20_0000, 8), [0xf4; 8]);
+    cfg.protocol = BootProtocol::ForceLinux64;
+    let e = load_kernel(&m, &cfg).expect_err("no 64-bit protocol for ELF32");
+    assert!(
+        std::error::Error::source(&e)
+            .expect("cause")
+            .to_string()
+            .contains("ELF64"),
+        "{e}"
+    );
+}
