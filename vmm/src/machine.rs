@@ -174,7 +174,9 @@ fn host_ram_mib() -> Option<u64> {
     #[cfg(unix)]
     {
         // SAFETY: sysconf has no preconditions.
-        let (pages, size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+        let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
+        // SAFETY: sysconf has no preconditions.
+        let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         if pages > 0 && size > 0 {
             return Some((pages as u64).saturating_mul(size as u64) >> 20);
         }
@@ -329,13 +331,13 @@ impl Machine {
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
                     let why = run_loop(vcpu.as_mut(), &ctx, &stop);
-                    if log::log_enabled!(log::Level::Debug) {
-                        if let (Ok(r), Ok(s)) = (vcpu.regs(), vcpu.sregs()) {
-                            log::debug!(
-                                "vCPU {id} stopped ({why:?}) at rip={:#x} rsp={:#x} rflags={:#x} cr0={:#x} cr3={:#x}",
-                                r.rip, r.rsp, r.rflags, s.cr0, s.cr3
-                            );
-                        }
+                    if log::log_enabled!(log::Level::Debug)
+                        && let (Ok(r), Ok(s)) = (vcpu.regs(), vcpu.sregs())
+                    {
+                        log::debug!(
+                            "vCPU {id} stopped ({why:?}) at rip={:#x} rsp={:#x} rflags={:#x} cr0={:#x} cr3={:#x}",
+                            r.rip, r.rsp, r.rflags, s.cr0, s.cr3
+                        );
                     }
                     let _ = tx.send((id as u8, why));
                 })

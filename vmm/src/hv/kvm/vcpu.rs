@@ -28,8 +28,10 @@ extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_v
     let p = RUN_PTR.with(Cell::get);
     if !p.is_null() {
         // SAFETY: `p` is this thread's mapped kvm_run, set by `KvmVcpu::run`
-        // and valid while the vCPU lives; a byte store is async-signal-safe.
-        unsafe { std::ptr::addr_of_mut!((*p).immediate_exit).write_volatile(1) };
+        // only for the duration of KVM_RUN; taking a field address is safe.
+        let field = unsafe { std::ptr::addr_of_mut!((*p).immediate_exit) };
+        // SAFETY: as above, the page is mapped; a byte store is async-signal-safe.
+        unsafe { field.write_volatile(1) };
     }
 }
 
@@ -152,9 +154,11 @@ impl Vcpu for KvmVcpu {
             return Err(HvError::Guest(format!("bad port I/O exit: size {size}, count {}", io.count)));
         }
         let base = (run as *mut kvm_run).cast::<u8>();
+        // SAFETY: `offset` lies inside the kvm_run mapping (checked above).
+        let start = unsafe { base.add(offset) };
         // SAFETY: KVM places `count * size` bytes at `data_offset` inside the
         // mmap'd kvm_run area (bounds checked above), which this vCPU owns.
-        let data = unsafe { std::slice::from_raw_parts_mut(base.add(offset), total) };
+        let data = unsafe { std::slice::from_raw_parts_mut(start, total) };
         for chunk in data.chunks_exact_mut(size) {
             if u32::from(io.direction) == KVM_EXIT_IO_IN {
                 f(io.port, IoOp::Read(chunk));
