@@ -148,16 +148,25 @@ fn slow_guest_reader_backpressures_host() {
         }
     });
     let key = g.accept(80, T).expect("accepted");
-    // The application reads nothing for a while.
-    g.run_until(Duration::from_millis(700), |_| false);
-    let stalled = written.load(std::sync::atomic::Ordering::SeqCst);
-    let queued = g.conn(key).recv.len();
-    assert_eq!(queued, 64 * 1024, "device filled exactly the guest's credit");
+    // The application reads nothing: wait until the host writer stalls.
+    assert!(g.run_until(T, |g| g.conn(key).recv.len() >= 64 * 1024), "guest credit filled");
+    let load = |w: &std::sync::atomic::AtomicUsize| w.load(std::sync::atomic::Ordering::SeqCst);
+    let mut stalled = load(&written);
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        g.run_until(Duration::from_millis(300), |_| false);
+        let now = load(&written);
+        if now == stalled {
+            break;
+        }
+        stalled = now;
+        assert!(std::time::Instant::now() < deadline, "host writer never blocked");
+    }
+    assert_eq!(g.conn(key).recv.len(), 64 * 1024, "device sent exactly the guest's credit");
     assert!(!g.conn(key).credit_violation);
     // Guest buffer + device buffer (256 KiB) + duplex pipe (64 KiB) + one chunk.
     assert!(stalled <= (64 + 256 + 64 + 8) * 1024, "host writer not backpressured: {stalled}");
-    g.run_until(Duration::from_millis(300), |_| false);
-    assert_eq!(written.load(std::sync::atomic::Ordering::SeqCst), stalled, "writer stays blocked");
+    assert!(stalled < total, "writer must not finish");
 
     // Now the guest stops giving RX buffers too, then reads what it has.
     g.rx_enabled = false;
@@ -298,7 +307,7 @@ fn refused_and_reset() {
     g.listening.insert(5);
     let h = host.clone();
     let refused = rt.spawn(async move { h.connect_in_process(6).await.map(|_| ()) });
-    g.run_until(Duration::from_millis(300), |_| false);
+    assert!(g.run_until(T, |_| refused.is_finished()));
     let err = rt.block_on(refused).expect("task").expect_err("nobody listens on 6");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
 

@@ -282,11 +282,13 @@ impl Muxer {
                 c.tx_cnt = c.tx_cnt.wrapping_add(data.len() as u32);
                 c.io.wake_tasks();
             }
-            (op::CREDIT_UPDATE, State::Established) => self.mark_ready(key),
+            // Credit is recorded above whatever the state.
+            (op::CREDIT_UPDATE, _) => self.mark_ready(key),
             (op::CREDIT_REQUEST, State::Established) => {
                 c.pending |= pending::CREDIT;
                 self.mark_ready(key);
             }
+            (op::CREDIT_REQUEST, _) => {}
             (op::SHUTDOWN, State::Established) => {
                 c.guest_shut |= hdr.flags & (packet::SHUTDOWN_RCV | packet::SHUTDOWN_SEND);
                 if c.guest_shut & packet::SHUTDOWN_SEND != 0 {

@@ -137,6 +137,7 @@ impl HostIo {
     async fn write_side<W: AsyncWrite + Unpin>(self: Arc<Self>, mut w: W) {
         let mut chunk = Vec::with_capacity(IO_CHUNK);
         let mut deadline = None;
+        let mut shut = false;
         loop {
             chunk.clear();
             let (is_preamble, eof, closed) = {
@@ -160,12 +161,13 @@ impl HostIo {
                 deadline = Some(tokio::time::Instant::now() + FLUSH_TIMEOUT);
             }
             if chunk.is_empty() {
-                if eof || closed {
+                if (eof || closed) && !shut {
                     // Everything the guest sent is written: half-close or close.
                     let _ = w.shutdown().await;
-                    if closed {
-                        return;
-                    }
+                    shut = true;
+                }
+                if closed {
+                    return;
                 }
                 self.wake_writer.notified().await;
                 continue;
