@@ -15,33 +15,39 @@ use windows_sys::core::HRESULT;
 
 type H = WHV_PARTITION_HANDLE;
 
+type GetCapabilityFn = unsafe extern "system" fn(WHV_CAPABILITY_CODE, *mut c_void, u32, *mut u32) -> HRESULT;
+type CreatePartitionFn = unsafe extern "system" fn(*mut H) -> HRESULT;
+type PartitionFn = unsafe extern "system" fn(H) -> HRESULT;
+type SetPropertyFn = unsafe extern "system" fn(H, WHV_PARTITION_PROPERTY_CODE, *const c_void, u32) -> HRESULT;
+type MapGpaRangeFn = unsafe extern "system" fn(H, *const c_void, u64, u64, WHV_MAP_GPA_RANGE_FLAGS) -> HRESULT;
+type VpFlagsFn = unsafe extern "system" fn(H, u32, u32) -> HRESULT;
+type VpFn = unsafe extern "system" fn(H, u32) -> HRESULT;
+type RunVpFn = unsafe extern "system" fn(H, u32, *mut c_void, u32) -> HRESULT;
+type GetRegistersFn =
+    unsafe extern "system" fn(H, u32, *const WHV_REGISTER_NAME, u32, *mut WHV_REGISTER_VALUE) -> HRESULT;
+type SetRegistersFn =
+    unsafe extern "system" fn(H, u32, *const WHV_REGISTER_NAME, u32, *const WHV_REGISTER_VALUE) -> HRESULT;
+type TranslateGvaFn =
+    unsafe extern "system" fn(H, u32, u64, WHV_TRANSLATE_GVA_FLAGS, *mut WHV_TRANSLATE_GVA_RESULT, *mut u64) -> HRESULT;
+type RequestInterruptFn = unsafe extern "system" fn(H, *const WHV_INTERRUPT_CONTROL, u32) -> HRESULT;
+
 /// The WHP entry points we use.
 #[allow(missing_debug_implementations)]
 pub(crate) struct Api {
-    pub get_capability: unsafe extern "system" fn(WHV_CAPABILITY_CODE, *mut c_void, u32, *mut u32) -> HRESULT,
-    pub create_partition: unsafe extern "system" fn(*mut H) -> HRESULT,
-    pub setup_partition: unsafe extern "system" fn(H) -> HRESULT,
-    pub delete_partition: unsafe extern "system" fn(H) -> HRESULT,
-    pub set_partition_property:
-        unsafe extern "system" fn(H, WHV_PARTITION_PROPERTY_CODE, *const c_void, u32) -> HRESULT,
-    pub map_gpa_range: unsafe extern "system" fn(H, *const c_void, u64, u64, WHV_MAP_GPA_RANGE_FLAGS) -> HRESULT,
-    pub create_vp: unsafe extern "system" fn(H, u32, u32) -> HRESULT,
-    pub delete_vp: unsafe extern "system" fn(H, u32) -> HRESULT,
-    pub run_vp: unsafe extern "system" fn(H, u32, *mut c_void, u32) -> HRESULT,
-    pub cancel_run_vp: unsafe extern "system" fn(H, u32, u32) -> HRESULT,
-    pub get_vp_registers:
-        unsafe extern "system" fn(H, u32, *const WHV_REGISTER_NAME, u32, *mut WHV_REGISTER_VALUE) -> HRESULT,
-    pub set_vp_registers:
-        unsafe extern "system" fn(H, u32, *const WHV_REGISTER_NAME, u32, *const WHV_REGISTER_VALUE) -> HRESULT,
-    pub translate_gva: unsafe extern "system" fn(
-        H,
-        u32,
-        u64,
-        WHV_TRANSLATE_GVA_FLAGS,
-        *mut WHV_TRANSLATE_GVA_RESULT,
-        *mut u64,
-    ) -> HRESULT,
-    pub request_interrupt: unsafe extern "system" fn(H, *const WHV_INTERRUPT_CONTROL, u32) -> HRESULT,
+    pub get_capability: GetCapabilityFn,
+    pub create_partition: CreatePartitionFn,
+    pub setup_partition: PartitionFn,
+    pub delete_partition: PartitionFn,
+    pub set_partition_property: SetPropertyFn,
+    pub map_gpa_range: MapGpaRangeFn,
+    pub create_vp: VpFlagsFn,
+    pub delete_vp: VpFn,
+    pub run_vp: RunVpFn,
+    pub cancel_run_vp: VpFlagsFn,
+    pub get_vp_registers: GetRegistersFn,
+    pub set_vp_registers: SetRegistersFn,
+    pub translate_gva: TranslateGvaFn,
+    pub request_interrupt: RequestInterruptFn,
 }
 
 static API: OnceLock<Result<Api, String>> = OnceLock::new();
@@ -84,31 +90,31 @@ fn load() -> Result<Api, String> {
         return Err(NOT_INSTALLED.into());
     }
     macro_rules! sym {
-        ($name:literal) => {{
+        ($name:literal, $ty:ty) => {{
             // SAFETY: `module` is loaded (and never freed); the name is NUL-terminated.
             let f = unsafe { GetProcAddress(module, concat!($name, "\0").as_ptr()) };
             let Some(f) = f else {
                 return Err(format!("winhvplatform.dll lacks {}; this Windows is too old for Krypton", $name));
             };
             // SAFETY: the export has the documented WHP signature of the field it is assigned to.
-            unsafe { std::mem::transmute::<unsafe extern "system" fn() -> isize, _>(f) }
+            unsafe { std::mem::transmute::<unsafe extern "system" fn() -> isize, $ty>(f) }
         }};
     }
     Ok(Api {
-        get_capability: sym!("WHvGetCapability"),
-        create_partition: sym!("WHvCreatePartition"),
-        setup_partition: sym!("WHvSetupPartition"),
-        delete_partition: sym!("WHvDeletePartition"),
-        set_partition_property: sym!("WHvSetPartitionProperty"),
-        map_gpa_range: sym!("WHvMapGpaRange"),
-        create_vp: sym!("WHvCreateVirtualProcessor"),
-        delete_vp: sym!("WHvDeleteVirtualProcessor"),
-        run_vp: sym!("WHvRunVirtualProcessor"),
-        cancel_run_vp: sym!("WHvCancelRunVirtualProcessor"),
-        get_vp_registers: sym!("WHvGetVirtualProcessorRegisters"),
-        set_vp_registers: sym!("WHvSetVirtualProcessorRegisters"),
-        translate_gva: sym!("WHvTranslateGva"),
-        request_interrupt: sym!("WHvRequestInterrupt"),
+        get_capability: sym!("WHvGetCapability", GetCapabilityFn),
+        create_partition: sym!("WHvCreatePartition", CreatePartitionFn),
+        setup_partition: sym!("WHvSetupPartition", PartitionFn),
+        delete_partition: sym!("WHvDeletePartition", PartitionFn),
+        set_partition_property: sym!("WHvSetPartitionProperty", SetPropertyFn),
+        map_gpa_range: sym!("WHvMapGpaRange", MapGpaRangeFn),
+        create_vp: sym!("WHvCreateVirtualProcessor", VpFlagsFn),
+        delete_vp: sym!("WHvDeleteVirtualProcessor", VpFn),
+        run_vp: sym!("WHvRunVirtualProcessor", RunVpFn),
+        cancel_run_vp: sym!("WHvCancelRunVirtualProcessor", VpFlagsFn),
+        get_vp_registers: sym!("WHvGetVirtualProcessorRegisters", GetRegistersFn),
+        set_vp_registers: sym!("WHvSetVirtualProcessorRegisters", SetRegistersFn),
+        translate_gva: sym!("WHvTranslateGva", TranslateGvaFn),
+        request_interrupt: sym!("WHvRequestInterrupt", RequestInterruptFn),
     })
 }
 
