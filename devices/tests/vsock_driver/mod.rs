@@ -512,7 +512,10 @@ impl Guest {
         let n = c.recv.len().min(max);
         let out: Vec<u8> = c.recv.drain(..n).collect();
         c.fwd_cnt = c.fwd_cnt.wrapping_add(n as u32);
-        if n > 0 && c.state == CState::Connected {
+        // Like Linux: announce credit once the device's view of our free
+        // space drops below one maximum packet.
+        let device_view_free = self.buf_alloc.saturating_sub(c.rx_total.wrapping_sub(c.last_fwd_sent));
+        if n > 0 && c.state == CState::Connected && device_view_free < MAX_PKT as u32 {
             self.send_ctrl(key, OP_CREDIT_UPDATE, 0);
         }
         out
