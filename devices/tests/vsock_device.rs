@@ -349,3 +349,17 @@ fn connection_cap() {
     g.write(keys[17], b"x");
     assert_eq!(rt.block_on(held).expect("host"), 1024);
 }
+
+/// An in-process listener that stops accepting: its queue fills, then
+/// further guest connections are refused after the connect timeout.
+#[test]
+fn unaccepting_listener_refuses_after_timeout() {
+    let host = VsockHost::in_process().expect("host");
+    let _listener = host.listen_in_process(14);
+    let mut g = Guest::new(Layout::Single, host.clone(), 3);
+    let queued: Vec<_> = (0..16).map(|_| g.connect(14)).collect();
+    assert!(queued.iter().all(Option::is_some), "listener queue holds 16 connections");
+    let start = std::time::Instant::now();
+    assert!(g.connect(14).is_none(), "17th connection refused");
+    assert!(start.elapsed() >= Duration::from_millis(1500), "refused only after the timeout");
+}

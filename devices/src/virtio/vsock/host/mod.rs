@@ -273,7 +273,8 @@ impl VsockHost {
         self.runtime().spawn(async move {
             if let Some(tx) = listener {
                 let (mine, theirs) = tokio::io::duplex(DUPLEX_CAPACITY);
-                let ok = tx.send(theirs).await.is_ok();
+                // A listener that stops accepting must not hold the guest forever.
+                let ok = matches!(tokio::time::timeout(CONNECT_TIMEOUT, tx.send(theirs)).await, Ok(Ok(())));
                 weak.done(ConnectDone { key, io: Arc::clone(&io), ok });
                 if ok {
                     io.pump(mine).await;
