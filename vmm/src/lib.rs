@@ -6,6 +6,7 @@ pub mod cli;
 pub mod emulator;
 pub mod hv;
 pub mod machine;
+pub mod mmio_check;
 pub mod run;
 pub mod selftest;
 pub mod vcpu;

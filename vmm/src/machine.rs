@@ -26,6 +26,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::bus::{Bus, BusError};
 use crate::hv::{HvError, Hypervisor, Kick, Vcpu, Vm, VmConfig};
+use crate::mmio_check::{MmioCheck, MmioCheckStats};
 use crate::vcpu::{ExitContext, VcpuStop, run_loop};
 
 /// Smallest and largest guest RAM accepted, in MiB.
@@ -159,6 +160,7 @@ pub struct Machine {
     serial: Arc<Mutex<Serial>>,
     exit: Arc<ExitSignal>,
     virtio: Vec<VirtioMmioDevice>,
+    mmio_check: Option<Arc<MmioCheckStats>>,
 }
 
 /// Most virtio-mmio devices per VM (IOAPIC pins 5..=23).
@@ -232,7 +234,8 @@ impl Machine {
         pio.insert(u64::from(layout::COM1_PORT), 8, serial.clone())?;
         pio.insert(u64::from(layout::I8042_DATA_PORT), 5, Arc::new(Mutex::new(I8042::new(exit.clone()))))?;
         pio.insert(u64::from(layout::DEBUG_EXIT_PORT), 4, Arc::new(Mutex::new(DebugExit::new(exit.clone()))))?;
-        Ok(Machine { vm, mem, cpus: cfg.cpus, pio, mmio, ioapic, serial, exit, virtio: Vec::new() })
+        let mmio_check = crate::mmio_check::requested_by_env().then(Arc::default);
+        Ok(Machine { vm, mem, cpus: cfg.cpus, pio, mmio, ioapic, serial, exit, virtio: Vec::new(), mmio_check })
     }
 
     /// Guest RAM.
@@ -284,6 +287,12 @@ impl Machine {
         Ok(slot)
     }
 
+    /// Checks every MMIO exit's instruction with our emulator against the
+    /// hypervisor's decoding (see `mmio_check`); returns the run's counters.
+    pub fn enable_mmio_check(&mut self) -> Arc<MmioCheckStats> {
+        self.mmio_check.get_or_insert_with(Arc::default).clone()
+    }
+
     /// The virtio-mmio devices added so far, in slot order.
     pub fn virtio_devices(&self) -> &[VirtioMmioDevice] {
         &self.virtio
@@ -322,6 +331,7 @@ impl Machine {
             pio: Arc::new(self.pio),
             mmio: Arc::new(self.mmio),
             eoi: Box::new(move |v| ioapic.lock().unwrap_or_else(PoisonError::into_inner).end_of_interrupt(v)),
+            mmio_check: self.mmio_check.clone().map(|stats| MmioCheck { mem: self.mem.clone(), stats }),
         });
         let (tx, rx) = mpsc::channel::<(u8, VcpuStop)>();
         let mut threads = Vec::new();
@@ -374,6 +384,13 @@ impl Machine {
             });
         }
         let _ = self.serial.lock().unwrap_or_else(PoisonError::into_inner).flush();
+        if let Some(stats) = &self.mmio_check {
+            log::info!(
+                "MMIO emulator differential check: {} exits checked, {} mismatches",
+                stats.checked(),
+                stats.mismatched()
+            );
+        }
         outcome(self.exit.get(), stops)
     }
 }

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::bus::Bus;
+use crate::emulator::MmioExit;
+use crate::mmio_check::MmioCheck;
 use crate::hv::{HvError, IoOp, Vcpu, VcpuExit};
 
 /// What a vCPU's exits are dispatched to.
@@ -19,6 +21,8 @@ pub struct ExitContext {
     pub mmio: Arc<Bus>,
     /// Forwards a level-triggered EOI (vector) to the IOAPIC.
     pub eoi: Box<dyn Fn(u8) + Send + Sync>,
+    /// Differential check of the MMIO emulator, when enabled.
+    pub mmio_check: Option<MmioCheck>,
 }
 
 impl std::fmt::Debug for ExitContext {
@@ -51,6 +55,13 @@ pub enum Flow {
     Stop(VcpuStop),
 }
 
+fn op_len(op: &IoOp<'_>) -> u8 {
+    match op {
+        IoOp::Read(d) => d.len().min(8) as u8,
+        IoOp::Write(d) => d.len().min(8) as u8,
+    }
+}
+
 /// Handles one exit.
 pub fn handle_exit(
     exit: VcpuExit,
@@ -63,10 +74,24 @@ pub fn handle_exit(
             IoOp::Read(data) => ctx.pio.read(u64::from(port), data),
             IoOp::Write(data) => ctx.pio.write(u64::from(port), data),
         })?,
-        VcpuExit::Mmio => vcpu.handle_mmio(&mut |addr, op| match op {
-            IoOp::Read(data) => ctx.mmio.read(addr, data),
-            IoOp::Write(data) => ctx.mmio.write(addr, data),
-        })?,
+        VcpuExit::Mmio => {
+            let mut first: Option<MmioExit> = None;
+            vcpu.handle_mmio(&mut |addr, op| {
+                let (len, is_write, mut bytes) = (op_len(&op), matches!(op, IoOp::Write(_)), [0u8; 8]);
+                match op {
+                    IoOp::Read(data) => ctx.mmio.read(addr, data),
+                    IoOp::Write(data) => {
+                        let n = data.len().min(8);
+                        bytes[..n].copy_from_slice(&data[..n]);
+                        ctx.mmio.write(addr, data);
+                    }
+                }
+                first.get_or_insert(MmioExit { gpa: addr, len, is_write, data: bytes });
+            })?;
+            if let (Some(check), Some(exit)) = (&ctx.mmio_check, first) {
+                check.check(vcpu, exit);
+            }
+        }
         VcpuExit::IoapicEoi(vector) => (ctx.eoi)(vector),
         VcpuExit::Canceled => {
             if stop.load(Ordering::SeqCst) {

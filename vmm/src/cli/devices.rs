@@ -15,7 +15,8 @@ pub struct DeviceArgs {
     /// Raw disk image as virtio-blk: PATH or PATH,ro. Repeatable; the first is /dev/vda.
     #[arg(long = "disk", value_parser = parse_disk)]
     pub disks: Vec<DiskArg>,
-    /// Unix socket for the vsock device's host side (Firecracker's hybrid protocol).
+    /// Host side of vsock, Firecracker's hybrid protocol: a Unix socket path
+    /// (on Windows, a named pipe such as \\.\pipe\krypton).
     #[arg(long)]
     pub vsock_uds: Option<PathBuf>,
     /// The guest's vsock context ID.
@@ -49,6 +50,16 @@ pub fn parse_disk(s: &str) -> Result<DiskArg, String> {
     Ok(DiskArg { path: PathBuf::from(path), read_only })
 }
 
+#[cfg(unix)]
+fn hybrid_host(path: &std::path::Path) -> Result<VsockHost, krypton_devices::virtio::vsock::VsockHostError> {
+    VsockHost::unix(path)
+}
+
+#[cfg(windows)]
+fn hybrid_host(path: &std::path::Path) -> Result<VsockHost, krypton_devices::virtio::vsock::VsockHostError> {
+    VsockHost::named_pipe(path.to_string_lossy().into_owned())
+}
+
 /// Adds every requested device to `machine`: disks first (so the first disk
 /// is vda), then virtio-rng, then vsock. Returns the vsock host side.
 pub fn add_all(machine: &mut Machine, args: &DeviceArgs) -> Result<VsockHost, String> {
@@ -61,7 +72,7 @@ pub fn add_all(machine: &mut Machine, args: &DeviceArgs) -> Result<VsockHost, St
         machine.add_virtio_device(Box::new(Rng::new())).map_err(|e| one_line(&e))?;
     }
     let host = match &args.vsock_uds {
-        Some(path) => VsockHost::unix(path).map_err(|e| format!("vsock: {}", one_line(&e)))?,
+        Some(path) => hybrid_host(path).map_err(|e| format!("vsock: {}", one_line(&e)))?,
         None => VsockHost::in_process().map_err(|e| format!("vsock: {}", one_line(&e)))?,
     };
     let vsock = Vsock::new(args.cid, host.clone()).map_err(|e| format!("vsock: {}", one_line(&e)))?;

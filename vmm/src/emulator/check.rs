@@ -139,7 +139,12 @@ fn try_candidate(
     match form {
         Some(Form::Str { kind, size, addr_size, rep }) => {
             let am = regs::mask(addr_size);
-            if rep_only && (!rep || over.inner.reg(Register::RCX) & am == 0) {
+            // A `rep` instruction still at RIP made this access even when
+            // RCX is already 0: kvm_pvm reports the final iteration's write
+            // with RCX written back but RIP not yet advanced (seen in
+            // vmm/tests/mmio_check.rs). With RCX 0 it cannot have run no
+            // iteration, so the case is unambiguous.
+            if rep_only && !rep {
                 return None;
             }
             let step = if over.inner.rflags() & DF != 0 { (size as u64).wrapping_neg() } else { size as u64 };

@@ -123,6 +123,9 @@ pub trait Vcpu: Send {
     fn set_sregs(&mut self, sregs: &Sregs) -> Result<(), HvError>;
     /// Writes MSRs.
     fn set_msrs(&mut self, msrs: &[(u32, u64)]) -> Result<(), HvError>;
+    /// Translates a guest-virtual address with the vCPU's current paging
+    /// state; `None` when it is not mapped.
+    fn translate_gva(&self, gva: u64, write: bool) -> Result<Option<u64>, HvError>;
     /// A handle that cancels `run` from another thread.
     fn kicker(&self) -> Arc<dyn Kick>;
 }

@@ -66,6 +66,9 @@ impl Vcpu for FakeVcpu {
     fn set_msrs(&mut self, _: &[(u32, u64)]) -> Result<(), HvError> {
         Ok(())
     }
+    fn translate_gva(&self, gva: u64, _write: bool) -> Result<Option<u64>, HvError> {
+        Ok(Some(gva))
+    }
     fn kicker(&self) -> Arc<dyn Kick> {
         Arc::new(NoKick)
     }
@@ -92,6 +95,7 @@ fn context(dev: Arc<Mutex<Scratch>>, eoi: Arc<AtomicU8>) -> ExitContext {
         pio: Arc::new(pio),
         mmio: Arc::new(mmio),
         eoi: Box::new(move |v| eoi.store(v, Ordering::SeqCst)),
+        mmio_check: None,
     }
 }
 

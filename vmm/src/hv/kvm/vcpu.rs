@@ -221,6 +221,11 @@ impl Vcpu for KvmVcpu {
         Ok(())
     }
 
+    fn translate_gva(&self, gva: u64, _write: bool) -> Result<Option<u64>, HvError> {
+        let t = self.fd.translate_gva(gva).map_err(call_err("KVM_TRANSLATE"))?;
+        Ok((t.valid != 0).then_some(t.physical_address))
+    }
+
     fn kicker(&self) -> Arc<dyn Kick> {
         self.kick.clone()
     }

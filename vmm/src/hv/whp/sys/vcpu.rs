@@ -249,6 +249,10 @@ impl Vcpu for WhpVcpu {
         if names.is_empty() { Ok(()) } else { self.set(&names, &values) }
     }
 
+    fn translate_gva(&self, gva: u64, write: bool) -> Result<Option<u64>, HvError> {
+        Ok(Self::translate(&self.part, self.index, gva, write))
+    }
+
     fn kicker(&self) -> Arc<dyn Kick> {
         Arc::new(WhpKick { part: self.part.clone(), index: self.index })
     }
