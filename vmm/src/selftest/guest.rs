@@ -48,6 +48,8 @@ pub mod addr {
     pub const IDT: u64 = 0x2000;
     /// Variables the guest and its interrupt handlers share (markers, counters).
     pub const DATA: u64 = 0x6000;
+    /// Interrupt count kept by the handlers of the interrupt cases.
+    pub const COUNT: u64 = DATA + 8;
     /// Where a failing check stores the value it saw (8 bytes).
     pub const ACTUAL: u64 = 0x6100;
     /// Ten zero bytes: an IDT pseudo-descriptor with limit 0.

@@ -95,8 +95,9 @@ fn all_cases() -> Vec<Case> {
     add("iret", &[Real, Protected, Long], cases::iret);
     add("soft-int", &[Real, Protected, Long], cases::soft_int);
     add("ioapic-irq-hlt", &[Protected, Long], cases::ioapic_irq);
+    add("ioapic-level-irq", &[Protected, Long], cases::ioapic_level);
     add("lapic-timer-oneshot", &[Protected, Long], cases::timer_oneshot);
-    add("lapic-timer-periodic", &[Long], cases::timer_periodic);
+    add("lapic-timer-periodic", &[Protected, Long], cases::timer_periodic);
     add("lapic-timer-tsc-deadline", &[Protected, Long], cases::timer_tsc_deadline);
     add("serial", &[Real, Protected, Long], cases::serial);
     add("debug-exit", &[Real, Protected, Long], cases::debug_exit);

@@ -40,6 +40,13 @@ const KVM_PVM: &[Limitation] = &[
          which implements INT n only in real mode",
     ),
     (
+        "ioapic-level-irq",
+        "timed out before debug-exit (guest interrupt count 1)",
+        "kvm_pvm sends no KVM_EXIT_IOAPIC_EOI with a split irqchip, so a level-triggered pin \
+         still asserted at EOI is never delivered again (QEMU microvm shows the same with \
+         kernel-irqchip=split; kernel-irqchip=on works)",
+    ),
+    (
         "triple-fault-real",
         "KVM internal error",
         "KVM's instruction emulator (which runs real mode on kvm_pvm) fails on an exception with an \

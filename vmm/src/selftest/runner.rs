@@ -61,6 +61,8 @@ pub struct Ran {
     pub outcome: Outcome,
     /// The value a failing guest check stored at `addr::ACTUAL`.
     pub actual: u64,
+    /// The interrupt count the guest's handlers keep at `addr::COUNT`.
+    pub count: u32,
 }
 
 /// Builds a machine for `g`, loads it and runs it to completion.
@@ -91,7 +93,8 @@ pub fn run(hv: &dyn Hypervisor, g: &Assembled, setup: Setup) -> Result<Ran, Case
     let boot = guest::entry_state(&mem, g.mode)?;
     let outcome = m.run(boot, Some(setup.timeout.unwrap_or(TIMEOUT)))?;
     let actual = mem.read_obj::<u64>(GuestAddress(addr::ACTUAL))?;
-    Ok(Ran { outcome, actual })
+    let count = mem.read_obj::<u32>(GuestAddress(addr::COUNT))?;
+    Ok(Ran { outcome, actual, count })
 }
 
 /// Turns a run into pass / fail / skip for guests that end in debug-exit.
@@ -107,7 +110,10 @@ pub fn expect_pass(g: &Assembled, ran: &Ran) -> Result<(), CaseFailure> {
                 Err(CaseFailure::Fail(format!("unexpected debug-exit value {v:#x}")))
             }
         },
-        Outcome::Timeout => Err(CaseFailure::Fail("timed out before debug-exit".into())),
+        Outcome::Timeout => Err(CaseFailure::Fail(format!(
+            "timed out before debug-exit (guest interrupt count {})",
+            ran.count
+        ))),
         other => Err(CaseFailure::Fail(format!("expected debug-exit, got {other:?}"))),
     }
 }

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 /// Offset of the "raise my IRQ after N ms" register (MMIO instances).
 pub const IRQ_REG: u64 = 0xf00;
+/// Offset of the "set my IRQ line to this level" register (nonzero = high).
+pub const IRQ_LEVEL_REG: u64 = 0xf04;
 /// Longest delay honoured by [`IRQ_REG`].
 const MAX_IRQ_DELAY_MS: u32 = 1000;
 /// Most accesses kept; later ones are counted in `dropped`.
@@ -134,6 +136,11 @@ impl BusDevice for TestDevice {
         self.record(Access::write(offset, data));
         if offset == IRQ_REG {
             self.raise_irq(data);
+        } else if offset == IRQ_LEVEL_REG {
+            match &self.irq {
+                Some(irq) => irq.set_level(data.iter().any(|b| *b != 0)),
+                None => krypton_devices::warn_ratelimited!("selftest device: IRQ level set but none wired"),
+            }
         }
     }
 }
@@ -201,5 +208,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(line.0.load(Ordering::SeqCst), 2);
+        d.write(IRQ_LEVEL_REG, &[1, 0, 0, 0]);
+        assert_eq!(line.0.load(Ordering::SeqCst), 3);
     }
 }

@@ -10,14 +10,14 @@ use crate::hv::Hypervisor;
 use crate::selftest::CaseFailure;
 use crate::selftest::guest::{GuestAsm, Mode, addr};
 use crate::selftest::runner::{self, Setup};
-use crate::selftest::testdev::IRQ_REG;
+use crate::selftest::testdev::{IRQ_LEVEL_REG, IRQ_REG};
 use iced_x86::code_asm::*;
 use krypton_boot::layout::{IOAPIC_BASE, IOAPIC_PINS, LAPIC_BASE};
 
 /// The vector every interrupt case uses.
 const VECTOR: u32 = 0x40;
 /// Interrupt count, incremented by the handler.
-const COUNT: u64 = addr::DATA + 8;
+const COUNT: u64 = addr::COUNT;
 /// IOAPIC pin of the test device.
 pub const TEST_PIN: u8 = 10;
 /// Delay between the guest's request and the device interrupt.
@@ -102,10 +102,7 @@ pub fn ioapic_guest(mode: Mode) -> Result<GuestAsm, CaseFailure> {
     g.a.and(eax, 0xff)?;
     g.expect_eax(u32::from(IOAPIC_PINS) - 1, "IOAPIC version: highest redirection entry")?;
     // Redirection entry: vector, fixed, physical, edge, unmasked, to APIC 0.
-    g.a.mov(dword_ptr(g.at(0)), 0x10 + 2 * pin)?;
-    g.a.mov(dword_ptr(g.at(0x10)), VECTOR)?;
-    g.a.mov(dword_ptr(g.at(0)), 0x11 + 2 * pin)?;
-    g.a.mov(dword_ptr(g.at(0x10)), 0_u32)?;
+    route_test_pin(&mut g, 0)?;
     g.a.mov(dword_ptr(g.at(0)), 0x10 + 2 * pin)?;
     g.a.mov(eax, dword_ptr(g.at(0x10)))?;
     // Ignore the read-only delivery-status and remote-IRR bits.
@@ -131,6 +128,73 @@ pub fn ioapic_irq(hv: &dyn Hypervisor, mode: Mode) -> Result<(), CaseFailure> {
         ..Setup::default()
     };
     runner::run_to_pass(hv, &ioapic_guest(mode)?.assemble()?, setup)
+}
+
+/// Points the test pin's redirection entry at [`VECTOR`] (fixed, physical,
+/// APIC 0), with `flags` (bit 15 = level) in the low dword.
+fn route_test_pin(g: &mut GuestAsm, flags: u32) -> Result<(), CaseFailure> {
+    let pin = u32::from(TEST_PIN);
+    g.load_base(IOAPIC_BASE)?;
+    g.a.mov(dword_ptr(g.at(0)), 0x11 + 2 * pin)?;
+    g.a.mov(dword_ptr(g.at(0x10)), 0_u32)?;
+    g.a.mov(dword_ptr(g.at(0)), 0x10 + 2 * pin)?;
+    g.a.mov(dword_ptr(g.at(0x10)), VECTOR | flags)?;
+    Ok(())
+}
+
+/// Guest for the level-triggered IOAPIC case: the handler EOIs the first
+/// interrupt with the line still high (the IOAPIC must deliver again), and
+/// lowers the line before the second EOI (no third may follow).
+pub fn ioapic_level_guest(mode: Mode) -> Result<GuestAsm, CaseFailure> {
+    const LEVEL: u32 = 1 << 15;
+    let mut g = GuestAsm::new(mode)?;
+    enable_lapic(&mut g)?;
+    route_test_pin(&mut g, LEVEL)?;
+    g.load_base(mmio::BASE)?;
+    g.a.mov(dword_ptr(g.at(IRQ_LEVEL_REG as i32)), 1_u32)?;
+    wait_for(&mut g, 2)?;
+    // Interrupts on for a while: a third delivery would show up here.
+    let mut spin = g.a.create_label();
+    g.a.sti()?;
+    g.a.mov(ecx, 20_000_u32)?;
+    g.a.set_label(&mut spin)?;
+    g.a.dec(ecx)?;
+    g.a.jnz(spin)?;
+    g.a.cli()?;
+    g.a.mov(eax, dword_ptr(COUNT))?;
+    g.expect_eax(2, "level-triggered interrupts received")?;
+    g.pass()?;
+
+    let mut h = g.a.create_label();
+    let mut eoi = g.a.create_label();
+    g.a.set_label(&mut h)?;
+    push_base(&mut g)?;
+    g.a.inc(dword_ptr(COUNT))?;
+    g.a.cmp(dword_ptr(COUNT), 2_u32)?;
+    g.a.jb(eoi)?;
+    g.load_base(mmio::BASE)?;
+    g.a.mov(dword_ptr(g.at(IRQ_LEVEL_REG as i32)), 0_u32)?;
+    g.a.set_label(&mut eoi)?;
+    g.load_base(LAPIC_BASE)?;
+    g.a.mov(dword_ptr(g.at(APIC_EOI)), 0_u32)?;
+    pop_base(&mut g)?;
+    g.return_from_interrupt()?;
+    g.vector(VECTOR as u8, h);
+    Ok(g)
+}
+
+/// A level-triggered IOAPIC pin redelivers after EOI while the line is
+/// high, and stops once it is low (remote IRR and EOI forwarding).
+pub fn ioapic_level(hv: &dyn Hypervisor, mode: Mode) -> Result<(), CaseFailure> {
+    let dev = runner::new_dev();
+    let setup = Setup {
+        mmio: vec![(mmio::BASE, mmio::LEN, dev.clone())],
+        irq: Some((TEST_PIN, dev)),
+        // Milliseconds when it works; a lost re-delivery shows as a timeout.
+        timeout: Some(std::time::Duration::from_millis(1500)),
+        ..Setup::default()
+    };
+    runner::run_to_pass(hv, &ioapic_level_guest(mode)?.assemble()?, setup)
 }
 
 /// Guest for the one-shot timer case.

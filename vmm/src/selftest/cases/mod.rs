@@ -5,7 +5,7 @@ pub(super) mod irq;
 pub(super) mod mmio;
 pub(super) mod pio;
 
-pub use irq::{ioapic_irq, timer_oneshot, timer_periodic, timer_tsc_deadline};
+pub use irq::{ioapic_irq, ioapic_level, timer_oneshot, timer_periodic, timer_tsc_deadline};
 pub use mmio::mmio;
 pub use pio::{pio, pio_string};
 
