@@ -126,7 +126,10 @@ mod bench {
     }
 
     pub fn main() {
-        let mib: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(256);
+        let mib: usize = std::env::args()
+            .nth(1)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(256);
         let total = mib << 20;
         let dir = std::env::temp_dir().join(format!("krypton-vsock-bench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

@@ -16,14 +16,21 @@ const LAYOUTS: [Layout; 3] = [Layout::Split, Layout::Single, Layout::Scattered];
 const T: Duration = Duration::from_secs(10);
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 #[test]
 fn identity_and_config() {
     let host = VsockHost::in_process().expect("host");
     for bad in [0, 1, 2, u64::from(u32::MAX), 1 << 40] {
-        assert!(Vsock::new(bad, host.clone()).is_err(), "CID {bad} must be rejected");
+        assert!(
+            Vsock::new(bad, host.clone()).is_err(),
+            "CID {bad} must be rejected"
+        );
     }
     let dev = Vsock::new(0x1234_5678, host).expect("device");
     assert_eq!(dev.device_type(), 19);
@@ -59,13 +66,30 @@ fn host_initiated_stream_every_layout() {
             back
         });
         let key = g.accept(1234, T).expect("REQUEST reached the guest");
-        assert!(key.1 >= FIRST_LOCAL_PORT, "host ports are allocated from 2^30");
-        assert_eq!(g.read_to_end(key, T), down, "{layout:?}: host to guest bytes");
+        assert!(
+            key.1 >= FIRST_LOCAL_PORT,
+            "host ports are allocated from 2^30"
+        );
+        assert_eq!(
+            g.read_to_end(key, T),
+            down,
+            "{layout:?}: host to guest bytes"
+        );
         g.write(key, &up);
         g.shutdown(key, SHUT_RCV | SHUT_SEND);
-        assert!(g.wait_reset(key, T), "{layout:?}: device answers a full shutdown with RST");
-        assert_eq!(rt.block_on(task).expect("host task"), up, "{layout:?}: guest to host bytes");
-        assert!(!g.conn(key).credit_violation, "{layout:?}: device respected guest credit");
+        assert!(
+            g.wait_reset(key, T),
+            "{layout:?}: device answers a full shutdown with RST"
+        );
+        assert_eq!(
+            rt.block_on(task).expect("host task"),
+            up,
+            "{layout:?}: guest to host bytes"
+        );
+        assert!(
+            !g.conn(key).credit_violation,
+            "{layout:?}: device respected guest credit"
+        );
     }
 }
 
@@ -91,8 +115,16 @@ fn guest_initiated_stream_every_layout() {
         let key = g.connect(7000).expect("host listener accepts");
         g.write(key, &up);
         g.shutdown(key, SHUT_SEND);
-        assert_eq!(g.read_to_end(key, T), down, "{layout:?}: host to guest bytes");
-        assert_eq!(rt.block_on(task).expect("host task"), up, "{layout:?}: guest to host bytes");
+        assert_eq!(
+            g.read_to_end(key, T),
+            down,
+            "{layout:?}: host to guest bytes"
+        );
+        assert_eq!(
+            rt.block_on(task).expect("host task"),
+            up,
+            "{layout:?}: guest to host bytes"
+        );
         assert!(g.wait_reset(key, T), "{layout:?}: both sides closed: RST");
     }
 }
@@ -106,7 +138,10 @@ fn resets_and_addressing() {
     g.send_pkt(h, b"data for nobody");
     assert!(g.run_until(T, |g| !g.log.is_empty()));
     let r = g.log[0];
-    assert_eq!((r.op, r.src_port, r.dst_port, r.src_cid), (vsock_driver::OP_RST, 41, 40, 2));
+    assert_eq!(
+        (r.op, r.src_port, r.dst_port, r.src_cid),
+        (vsock_driver::OP_RST, 41, 40, 2)
+    );
 
     h.src_cid = 99;
     g.send_pkt(h, b"spoofed");
@@ -149,7 +184,10 @@ fn slow_guest_reader_backpressures_host() {
     });
     let key = g.accept(80, T).expect("accepted");
     // The application reads nothing: wait until the host writer stalls.
-    assert!(g.run_until(T, |g| g.conn(key).recv.len() >= 64 * 1024), "guest credit filled");
+    assert!(
+        g.run_until(T, |g| g.conn(key).recv.len() >= 64 * 1024),
+        "guest credit filled"
+    );
     let load = |w: &std::sync::atomic::AtomicUsize| w.load(std::sync::atomic::Ordering::SeqCst);
     let mut stalled = load(&written);
     let deadline = std::time::Instant::now() + T;
@@ -160,12 +198,22 @@ fn slow_guest_reader_backpressures_host() {
             break;
         }
         stalled = now;
-        assert!(std::time::Instant::now() < deadline, "host writer never blocked");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "host writer never blocked"
+        );
     }
-    assert_eq!(g.conn(key).recv.len(), 64 * 1024, "device sent exactly the guest's credit");
+    assert_eq!(
+        g.conn(key).recv.len(),
+        64 * 1024,
+        "device sent exactly the guest's credit"
+    );
     assert!(!g.conn(key).credit_violation);
     // Guest buffer + device buffer (256 KiB) + duplex pipe (64 KiB) + one chunk.
-    assert!(stalled <= (64 + 256 + 64 + 8) * 1024, "host writer not backpressured: {stalled}");
+    assert!(
+        stalled <= (64 + 256 + 64 + 8) * 1024,
+        "host writer not backpressured: {stalled}"
+    );
     assert!(stalled < total, "writer must not finish");
 
     // Now the guest stops giving RX buffers too, then reads what it has.
@@ -199,18 +247,40 @@ fn slow_host_reader_backpressures_guest() {
             got
         });
         let key = g.connect(9).expect("connected");
-        let sent = g.try_write(key, &data, Duration::from_millis(500)).expect_err("host reads nothing");
+        let sent = g
+            .try_write(key, &data, Duration::from_millis(500))
+            .expect_err("host reads nothing");
         let acked = g.log.iter().map(|h| h.fwd_cnt).max().unwrap_or(0) as usize;
-        assert!(sent >= 256 * 1024, "{layout:?}: guest could use the advertised credit ({sent})");
-        assert!(sent <= (256 + 64) * 1024, "{layout:?}: device buffered beyond its bound ({sent})");
-        assert!(acked <= 64 * 1024, "{layout:?}: acked {acked} bytes the host never took");
+        assert!(
+            sent >= 256 * 1024,
+            "{layout:?}: guest could use the advertised credit ({sent})"
+        );
+        assert!(
+            sent <= (256 + 64) * 1024,
+            "{layout:?}: device buffered beyond its bound ({sent})"
+        );
+        assert!(
+            acked <= 64 * 1024,
+            "{layout:?}: acked {acked} bytes the host never took"
+        );
         tx.send(()).expect("release host");
         g.write(key, &data[sent..]);
-        let updates = g.log.iter().filter(|h| h.op == vsock_driver::OP_CREDIT_UPDATE).count();
-        assert!(updates > 0, "{layout:?}: credit came back through proactive CREDIT_UPDATEs");
+        let updates = g
+            .log
+            .iter()
+            .filter(|h| h.op == vsock_driver::OP_CREDIT_UPDATE)
+            .count();
+        assert!(
+            updates > 0,
+            "{layout:?}: credit came back through proactive CREDIT_UPDATEs"
+        );
         g.shutdown(key, SHUT_SEND | SHUT_RCV);
         assert!(g.wait_reset(key, T));
-        assert_eq!(rt.block_on(task).expect("host"), data, "{layout:?}: bytes intact");
+        assert_eq!(
+            rt.block_on(task).expect("host"),
+            data,
+            "{layout:?}: bytes intact"
+        );
     }
 }
 
@@ -234,9 +304,21 @@ fn credit_request_is_answered() {
     let before = g.log.len();
     let h = g.hdr(key, vsock_driver::OP_CREDIT_REQUEST);
     g.send_pkt(h, &[]);
-    assert!(g.run_until(T, |g| g.log[before..].iter().any(|h| h.op == vsock_driver::OP_CREDIT_UPDATE)));
-    let upd = g.log[before..].iter().find(|h| h.op == vsock_driver::OP_CREDIT_UPDATE).copied().expect("update");
-    assert_eq!((upd.buf_alloc, upd.fwd_cnt), (256 * 1024, 1000), "credit reflects bytes the host took");
+    assert!(g.run_until(T, |g| {
+        g.log[before..]
+            .iter()
+            .any(|h| h.op == vsock_driver::OP_CREDIT_UPDATE)
+    }));
+    let upd = g.log[before..]
+        .iter()
+        .find(|h| h.op == vsock_driver::OP_CREDIT_UPDATE)
+        .copied()
+        .expect("update");
+    assert_eq!(
+        (upd.buf_alloc, upd.fwd_cnt),
+        (256 * 1024, 1000),
+        "credit reflects bytes the host took"
+    );
     assert_eq!((upd.src_port, upd.dst_port), (13, key.0));
 }
 
@@ -263,8 +345,15 @@ fn credit_overrun_resets() {
     }
     assert!(g.wait_reset(key, T), "overrun answered with RST");
     let got = rt.block_on(task).expect("host");
-    assert!(got.len() >= 256 * 1024 && got.len() < 7 * 64 * 1024, "got {}", got.len());
-    assert!(got.chunks(data.len()).all(|c| c == &data[..c.len()]), "no corrupted bytes");
+    assert!(
+        got.len() >= 256 * 1024 && got.len() < 7 * 64 * 1024,
+        "got {}",
+        got.len()
+    );
+    assert!(
+        got.chunks(data.len()).all(|c| c == &data[..c.len()]),
+        "no corrupted bytes"
+    );
 }
 
 /// The host peer vanishes mid-stream: the guest sees a reset, the device
@@ -308,7 +397,10 @@ fn refused_and_reset() {
     let h = host.clone();
     let refused = rt.spawn(async move { h.connect_in_process(6).await.map(|_| ()) });
     assert!(g.run_until(T, |_| refused.is_finished()));
-    let err = rt.block_on(refused).expect("task").expect_err("nobody listens on 6");
+    let err = rt
+        .block_on(refused)
+        .expect("task")
+        .expect_err("nobody listens on 6");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
 
     let h = host.clone();
@@ -344,7 +436,9 @@ fn connection_cap() {
         tokio::time::sleep(Duration::from_secs(3)).await;
         all.len()
     });
-    let keys: Vec<_> = (0..1024).map(|i| g.connect(12).unwrap_or_else(|| panic!("conn {i}"))).collect();
+    let keys: Vec<_> = (0..1024)
+        .map(|i| g.connect(12).unwrap_or_else(|| panic!("conn {i}")))
+        .collect();
     assert!(g.connect(12).is_none(), "connection 1025 refused");
     g.write(keys[17], b"x");
     assert_eq!(rt.block_on(held).expect("host"), 1024);
@@ -358,8 +452,14 @@ fn unaccepting_listener_refuses_after_timeout() {
     let _listener = host.listen_in_process(14);
     let mut g = Guest::new(Layout::Single, host.clone(), 3);
     let queued: Vec<_> = (0..16).map(|_| g.connect(14)).collect();
-    assert!(queued.iter().all(Option::is_some), "listener queue holds 16 connections");
+    assert!(
+        queued.iter().all(Option::is_some),
+        "listener queue holds 16 connections"
+    );
     let start = std::time::Instant::now();
     assert!(g.connect(14).is_none(), "17th connection refused");
-    assert!(start.elapsed() >= Duration::from_millis(1500), "refused only after the timeout");
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "refused only after the timeout"
+    );
 }

@@ -14,12 +14,19 @@ use vsock_driver::{Guest, HDR, Layout, OP_REQUEST, OP_RW, SHUT_RCV, SHUT_SEND, p
 const T: Duration = Duration::from_secs(10);
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 /// Waits until the device has consumed every TX chain.
 fn all_tx_returned(g: &mut Guest) {
-    assert!(g.run_until(T, |g| g.tx_free() == 256), "device kept TX chains");
+    assert!(
+        g.run_until(T, |g| g.tx_free() == 256),
+        "device kept TX chains"
+    );
 }
 
 #[test]
@@ -90,7 +97,12 @@ fn unusual_valid_layouts_are_accepted() {
     h.len = data.len() as u32;
     let mut first = h.to_bytes().to_vec();
     first.extend_from_slice(&data[..7]);
-    g.send_chain(&[(&first, false), (&data[7..4000], false), (&data[4000..4001], false), (&data[4001..], false)]);
+    g.send_chain(&[
+        (&first, false),
+        (&data[7..4000], false),
+        (&data[4000..4001], false),
+        (&data[4001..], false),
+    ]);
     // Trailing bytes beyond `len` are ignored.
     let mut h2 = g.hdr(key, OP_RW);
     h2.len = 3;
@@ -117,10 +129,14 @@ fn rx_buffers_of_any_shape() {
     let h = host.clone();
     let task = rt.spawn(async move {
         let mut s = h.connect_in_process(30).await.expect("accepted");
-        tokio::io::AsyncWriteExt::write_all(&mut s, &pattern(1000, 1)).await.expect("write");
+        tokio::io::AsyncWriteExt::write_all(&mut s, &pattern(1000, 1))
+            .await
+            .expect("write");
         s
     });
-    let key = g.accept(30, T).expect("REQUEST delivered through the split buffer");
+    let key = g
+        .accept(30, T)
+        .expect("REQUEST delivered through the split buffer");
     assert_eq!(g.rx_dropped, 1, "the 16-byte buffer came back empty");
     // The RESPONSE went out; data arrives in whatever buffers are posted.
     let _s = rt.block_on(task).expect("task");
@@ -128,7 +144,11 @@ fn rx_buffers_of_any_shape() {
         g.post_rx_raw(&[(0x1f1_0000 + i * 0x1000, (HDR + 300) as u32)]);
     }
     g.post_rx_raw(&[(0x1f2_0000, 50), (0x1f2_1000, 200)]);
-    g.post_rx_raw(&[(0x1f3_0000, HDR as u32), (0x1f3_1000, 1), (0x1f3_2000, 4096)]);
+    g.post_rx_raw(&[
+        (0x1f3_0000, HDR as u32),
+        (0x1f3_1000, 1),
+        (0x1f3_2000, 4096),
+    ]);
     let got = g.read_exact(key, 1000, T);
     assert_eq!(got, pattern(1000, 1));
     assert!(!g.conn(key).credit_violation);

@@ -16,7 +16,11 @@ use vsock_driver::{Guest, Layout, SHUT_RCV, SHUT_SEND, pattern};
 const T: Duration = Duration::from_secs(15);
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 #[test]
@@ -38,7 +42,9 @@ fn named_pipe_connect_and_listen() {
             }
         };
         let mut pipe = BufReader::new(pipe);
-        pipe.write_all(b"CONNECT 5000\n").await.expect("connect line");
+        pipe.write_all(b"CONNECT 5000\n")
+            .await
+            .expect("connect line");
         pipe.write_all(&p).await.expect("payload");
         let mut line = String::new();
         pipe.read_line(&mut line).await.expect("OK line");
@@ -56,7 +62,10 @@ fn named_pipe_connect_and_listen() {
 
     // Guest to host: the pipe NAME_6000.
     let server = rt.block_on(async {
-        ServerOptions::new().first_pipe_instance(true).create(format!("{name}_6000")).expect("server")
+        ServerOptions::new()
+            .first_pipe_instance(true)
+            .create(format!("{name}_6000"))
+            .expect("server")
     });
     let srv = rt.spawn(async move {
         let mut server = server;

@@ -15,7 +15,11 @@ use vsock_driver::{Guest, Layout, SHUT_RCV, SHUT_SEND, pattern};
 const T: Duration = Duration::from_secs(15);
 
 fn have_socat() -> bool {
-    let ok = Command::new("socat").arg("-V").stdout(Stdio::null()).status().is_ok_and(|s| s.success());
+    let ok = Command::new("socat")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
     if !ok {
         eprintln!("skipping: socat is not installed (apt-get install socat)");
     }
@@ -68,7 +72,9 @@ fn socat_connects_to_a_guest_port() {
     input.extend_from_slice(&payload);
     let client = socat_client(&sock, input);
 
-    let key = g.accept(5000, T).expect("socat's CONNECT reached the guest");
+    let key = g
+        .accept(5000, T)
+        .expect("socat's CONNECT reached the guest");
     let got = g.read_to_end(key, T);
     assert_eq!(got, payload, "bytes after the CONNECT line reach the guest");
     let reply: Vec<u8> = got.iter().rev().copied().collect();
@@ -78,14 +84,22 @@ fn socat_connects_to_a_guest_port() {
 
     let out = client.join().expect("socat thread");
     let want_ok = format!("OK {}\n", key.1);
-    assert!(out.starts_with(want_ok.as_bytes()), "reply starts {:?}", String::from_utf8_lossy(&out[..out.len().min(20)]));
+    assert!(
+        out.starts_with(want_ok.as_bytes()),
+        "reply starts {:?}",
+        String::from_utf8_lossy(&out[..out.len().min(20)])
+    );
     assert_eq!(key.1, 1 << 30, "first host port is 2^30");
     assert_eq!(&out[want_ok.len()..], &reply[..], "guest bytes reach socat");
 
     // Nobody listens on 5001: socat gets EOF and no OK line.
     let out = socat_client(&sock, b"CONNECT 5001\n".to_vec());
     g.run_until(Duration::from_millis(500), |_| false);
-    assert_eq!(out.join().expect("socat"), b"", "refused connection is closed without OK");
+    assert_eq!(
+        out.join().expect("socat"),
+        b"",
+        "refused connection is closed without OK"
+    );
     // Garbage instead of CONNECT is dropped too.
     let out = socat_client(&sock, b"HELLO\n".to_vec());
     assert_eq!(out.join().expect("socat"), b"");
@@ -109,13 +123,20 @@ fn guest_connects_to_a_socat_listener() {
             "-t",
             "10",
             &format!("UNIX-LISTEN:{}", listen_path.display()),
-            &format!("SYSTEM:cat > {} && printf answer-from-socat", out_path.display()),
+            &format!(
+                "SYSTEM:cat > {} && printf answer-from-socat",
+                out_path.display()
+            ),
         ])
         .spawn()
         .expect("spawn socat listener");
     let start = Instant::now();
     while !listen_path.exists() {
-        assert!(start.elapsed() < T, "socat did not create {}", listen_path.display());
+        assert!(
+            start.elapsed() < T,
+            "socat did not create {}",
+            listen_path.display()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let host = VsockHost::unix(&sock).expect("listen");
@@ -129,7 +150,11 @@ fn guest_connects_to_a_socat_listener() {
     assert_eq!(answer, b"answer-from-socat");
     assert!(g.wait_reset(key, T));
     let _ = server.wait();
-    assert_eq!(std::fs::read(&out_path).expect("socat output"), payload, "guest bytes reached socat");
+    assert_eq!(
+        std::fs::read(&out_path).expect("socat output"),
+        payload,
+        "guest bytes reached socat"
+    );
     drop(g);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -168,7 +168,10 @@ pub struct Guest {
 
 impl std::fmt::Debug for Guest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Guest").field("cid", &self.cid).field("layout", &self.layout).finish()
+        f.debug_struct("Guest")
+            .field("cid", &self.cid)
+            .field("layout", &self.layout)
+            .finish()
     }
 }
 
@@ -188,7 +191,11 @@ impl Guest {
         let dev = Vsock::new(cid, host).expect("device");
         let mut cfg = [0u8; 8];
         dev.read_config(0, &mut cfg);
-        assert_eq!(u64::from_le_bytes(cfg), cid, "config space holds the guest CID");
+        assert_eq!(
+            u64::from_le_bytes(cfg),
+            cid,
+            "config space holds the guest CID"
+        );
         let notify = Arc::new(Event::new());
         let irq = Arc::new(Irq::default());
         let queues = vec![rx.queue(), tx.queue(), ev.queue()];
@@ -239,12 +246,19 @@ impl Guest {
         while let Some(ids) = self.rx.alloc(per) {
             let slot = |id: u16| RX_BASE + RX_SLOT * u64::from(id);
             let bufs: Vec<(u64, u32, bool)> = if per == 2 {
-                vec![(slot(ids[0]), HDR as u32, true), (slot(ids[1]), RX_BUF, true)]
+                vec![
+                    (slot(ids[0]), HDR as u32, true),
+                    (slot(ids[1]), RX_BUF, true),
+                ]
             } else {
                 vec![(slot(ids[0]), RX_BUF + HDR as u32, true)]
             };
             let head = self.rx.publish(&self.mem, &ids, &bufs);
-            let chain = ids.iter().zip(&bufs).map(|(&id, &(a, l, _))| (id, a, l)).collect();
+            let chain = ids
+                .iter()
+                .zip(&bufs)
+                .map(|(&id, &(a, l, _))| (id, a, l))
+                .collect();
             self.rx_chains.insert(head, chain);
             added = true;
         }
@@ -258,7 +272,11 @@ impl Guest {
         let ids = self.rx.alloc(bufs.len()).expect("free RX descriptors");
         let descs: Vec<(u64, u32, bool)> = bufs.iter().map(|&(a, l)| (a, l, true)).collect();
         let head = self.rx.publish(&self.mem, &ids, &descs);
-        let chain = ids.iter().zip(bufs).map(|(&id, &(a, l))| (id, a, l)).collect();
+        let chain = ids
+            .iter()
+            .zip(bufs)
+            .map(|(&id, &(a, l))| (id, a, l))
+            .collect();
         self.rx_chains.insert(head, chain);
         self.notify.signal();
     }
@@ -273,7 +291,8 @@ impl Guest {
     pub fn post_tx_descs(&mut self, descs: &[(u64, u32, u16, usize)]) {
         let ids = self.tx.alloc(descs.len()).expect("free TX descriptors");
         for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
-            self.tx.write_desc(&self.mem, ids[i], addr, len, flags, ids[next]);
+            self.tx
+                .write_desc(&self.mem, ids[i], addr, len, flags, ids[next]);
         }
         self.tx.push_avail(&self.mem, ids[0]);
         self.tx_chains.insert(ids[0], ids);
@@ -294,7 +313,9 @@ impl Guest {
         for (&id, &(bytes, w)) in ids.iter().zip(bufs) {
             let addr = TX_BASE + TX_SLOT * u64::from(id);
             assert!(bytes.len() as u64 <= TX_SLOT);
-            self.mem.write_slice(bytes, GuestAddress(addr)).expect("tx buf");
+            self.mem
+                .write_slice(bytes, GuestAddress(addr))
+                .expect("tx buf");
             descs.push((addr, bytes.len() as u32, w));
         }
         let head = self.tx.publish(&self.mem, &ids, &descs);
@@ -358,7 +379,9 @@ impl Guest {
             let mut bytes = Vec::new();
             for &(_, addr, l) in &chain {
                 let mut b = vec![0u8; l as usize];
-                self.mem.read_slice(&mut b, GuestAddress(addr)).expect("rx buf");
+                self.mem
+                    .read_slice(&mut b, GuestAddress(addr))
+                    .expect("rx buf");
                 bytes.extend(b);
             }
             let ids: Vec<u16> = chain.iter().map(|c| c.0).collect();
@@ -371,7 +394,11 @@ impl Guest {
                 continue;
             }
             let h = Hdr::from_bytes(&bytes[..HDR]);
-            assert_eq!(bytes.len(), HDR + h.len as usize, "used len matches header len");
+            assert_eq!(
+                bytes.len(),
+                HDR + h.len as usize,
+                "used len matches header len"
+            );
             self.dispatch(h, &bytes[HDR..]);
         }
         if self.rx_enabled {
@@ -448,9 +475,12 @@ impl Guest {
     pub fn connect(&mut self, port: u32) -> Option<(u32, u32)> {
         self.next_port += 1;
         let key = (self.next_port, port);
-        self.conns.insert(key, GConn::new(CState::Connecting, &Hdr::default()));
+        self.conns
+            .insert(key, GConn::new(CState::Connecting, &Hdr::default()));
         self.send_ctrl(key, OP_REQUEST, 0);
-        let done = self.run_until(Duration::from_secs(5), |g| g.conn(key).state != CState::Connecting);
+        let done = self.run_until(Duration::from_secs(5), |g| {
+            g.conn(key).state != CState::Connecting
+        });
         assert!(done, "no answer to REQUEST");
         (self.conn(key).state == CState::Connected).then_some(key)
     }
@@ -460,7 +490,11 @@ impl Guest {
         let before: HashSet<_> = self.conns.keys().copied().collect();
         let mut found = None;
         self.run_until(timeout, |g| {
-            found = g.conns.keys().copied().find(|k| k.0 == port && !before.contains(k));
+            found = g
+                .conns
+                .keys()
+                .copied()
+                .find(|k| k.0 == port && !before.contains(k));
             found.is_some()
         });
         found
@@ -475,12 +509,18 @@ impl Guest {
     /// Credit the device currently grants on `key`.
     pub fn credit(&self, key: (u32, u32)) -> usize {
         let c = self.conn(key);
-        c.peer_buf_alloc.saturating_sub(c.tx_cnt.wrapping_sub(c.peer_fwd_cnt)) as usize
+        c.peer_buf_alloc
+            .saturating_sub(c.tx_cnt.wrapping_sub(c.peer_fwd_cnt)) as usize
     }
 
     /// Writes `data` as credit allows. Err(sent) if the connection was reset
     /// or no credit came within `stall`.
-    pub fn try_write(&mut self, key: (u32, u32), data: &[u8], stall: Duration) -> Result<usize, usize> {
+    pub fn try_write(
+        &mut self,
+        key: (u32, u32),
+        data: &[u8],
+        stall: Duration,
+    ) -> Result<usize, usize> {
         let mut off = 0;
         while off < data.len() {
             let mut credit = 0;
@@ -514,7 +554,9 @@ impl Guest {
         c.fwd_cnt = c.fwd_cnt.wrapping_add(n as u32);
         // Like Linux: announce credit once the device's view of our free
         // space drops below one maximum packet.
-        let device_view_free = self.buf_alloc.saturating_sub(c.rx_total.wrapping_sub(c.last_fwd_sent));
+        let device_view_free = self
+            .buf_alloc
+            .saturating_sub(c.rx_total.wrapping_sub(c.last_fwd_sent));
         if n > 0 && c.state == CState::Connected && device_view_free < MAX_PKT as u32 {
             self.send_ctrl(key, OP_CREDIT_UPDATE, 0);
         }
@@ -531,7 +573,11 @@ impl Guest {
             if (c.peer_shut & SHUT_SEND != 0 || c.state == CState::Reset) && c.recv.is_empty() {
                 return out;
             }
-            assert!(Instant::now() < deadline, "no EOF after {} bytes", out.len());
+            assert!(
+                Instant::now() < deadline,
+                "no EOF after {} bytes",
+                out.len()
+            );
             self.pump_wait();
         }
     }
@@ -581,5 +627,7 @@ impl GConn {
 
 /// A deterministic test pattern.
 pub fn pattern(n: usize, seed: u8) -> Vec<u8> {
-    (0..n).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed).collect()
+    (0..n)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed)
+        .collect()
 }

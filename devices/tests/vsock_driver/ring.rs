@@ -34,8 +34,17 @@ impl Ring {
         let used = (avail + 6 + 2 * u64::from(size) + 3) & !3;
         let end = used + 6 + 8 * u64::from(size);
         let zero = vec![0u8; (end - base) as usize];
-        mem.write_slice(&zero, GuestAddress(base)).expect("clear ring");
-        Ring { size, desc, avail, used, free: (0..size).rev().collect(), avail_idx: 0, used_seen: 0 }
+        mem.write_slice(&zero, GuestAddress(base))
+            .expect("clear ring");
+        Ring {
+            size,
+            desc,
+            avail,
+            used,
+            free: (0..size).rev().collect(),
+            avail_idx: 0,
+            used_seen: 0,
+        }
     }
 
     /// The device-side queue for this ring.
@@ -59,7 +68,11 @@ impl Ring {
         if self.free.len() < n || n == 0 {
             return None;
         }
-        Some((0..n).map(|_| self.free.pop().expect("free desc")).collect())
+        Some(
+            (0..n)
+                .map(|_| self.free.pop().expect("free desc"))
+                .collect(),
+        )
     }
 
     /// Writes a chain over `ids` with (addr, len, writable) buffers and
@@ -89,10 +102,12 @@ impl Ring {
     /// Puts `head` in the avail ring and publishes the new index.
     pub fn push_avail(&mut self, mem: &GuestMem, head: u16) {
         let slot = u64::from(self.avail_idx % self.size);
-        mem.write_obj(head, GuestAddress(self.avail + 4 + 2 * slot)).expect("avail");
+        mem.write_obj(head, GuestAddress(self.avail + 4 + 2 * slot))
+            .expect("avail");
         fence(Ordering::SeqCst);
         self.avail_idx = self.avail_idx.wrapping_add(1);
-        mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2)).expect("avail idx");
+        mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2))
+            .expect("avail idx");
         fence(Ordering::SeqCst);
     }
 

@@ -129,7 +129,8 @@ impl Conn {
 
     /// Whether both directions are finished and the connection can be reset.
     pub fn finished(&self, st: &IoState) -> bool {
-        let guest_done = self.guest_shut & super::packet::SHUTDOWN_SEND != 0 && st.to_host.is_empty();
+        let guest_done =
+            self.guest_shut & super::packet::SHUTDOWN_SEND != 0 && st.to_host.is_empty();
         let host_done = self.shutdown_sent || self.guest_shut & super::packet::SHUTDOWN_RCV != 0;
         self.state == State::Established && guest_done && host_done
     }

@@ -9,9 +9,9 @@ use std::sync::OnceLock;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::{MAX_CONNECTIONS, VsockHost};
 use super::muxer::Muxer;
 use super::packet::HDR_LEN;
+use super::{MAX_CONNECTIONS, VsockHost};
 use crate::GuestMem;
 
 /// Guest CID used by the fuzzer.
@@ -55,7 +55,11 @@ impl Ring {
             self.next_desc = self.next_desc.wrapping_add(1);
             let last = i + 1 == descs.len();
             let next = raw_next.unwrap_or(self.next_desc % QSIZE);
-            let flags = if last && raw_next.is_none() { flags & !1 } else { flags | 1 };
+            let flags = if last && raw_next.is_none() {
+                flags & !1
+            } else {
+                flags | 1
+            };
             let a = self.desc_addr(id);
             let _ = mem.write_obj(addr, GuestAddress(a));
             let _ = mem.write_obj(len, GuestAddress(a + 8));
@@ -63,7 +67,10 @@ impl Ring {
             let _ = mem.write_obj(next, GuestAddress(a + 14));
         }
         let avail = self.base + 16 * u64::from(QSIZE);
-        let _ = mem.write_obj(head, GuestAddress(avail + 4 + 2 * u64::from(self.avail_idx % QSIZE)));
+        let _ = mem.write_obj(
+            head,
+            GuestAddress(avail + 4 + 2 * u64::from(self.avail_idx % QSIZE)),
+        );
         self.avail_idx = self.avail_idx.wrapping_add(1);
         let _ = mem.write_obj(self.avail_idx, GuestAddress(avail + 2));
     }
@@ -91,7 +98,8 @@ impl Input<'_> {
 
 fn host() -> VsockHost {
     static HOST: OnceLock<VsockHost> = OnceLock::new();
-    HOST.get_or_init(|| VsockHost::in_process().unwrap_or_else(|e| panic!("fuzz host: {e}"))).clone()
+    HOST.get_or_init(|| VsockHost::in_process().unwrap_or_else(|e| panic!("fuzz host: {e}")))
+        .clone()
 }
 
 /// Runs one input. Returns the number of chains the device consumed or used.
@@ -99,9 +107,21 @@ pub fn run(data: &[u8]) -> usize {
     let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM as usize)]) else {
         return 0;
     };
-    let mut rx = Ring { base: 0, next_desc: 0, avail_idx: 0 };
-    let mut tx = Ring { base: 0x2000, next_desc: 0, avail_idx: 0 };
-    let ev = Ring { base: 0x4000, next_desc: 0, avail_idx: 0 };
+    let mut rx = Ring {
+        base: 0,
+        next_desc: 0,
+        avail_idx: 0,
+    };
+    let mut tx = Ring {
+        base: 0x2000,
+        next_desc: 0,
+        avail_idx: 0,
+    };
+    let ev = Ring {
+        base: 0x4000,
+        next_desc: 0,
+        avail_idx: 0,
+    };
     let mut queues = [rx.queue(), tx.queue(), ev.queue()];
     let mut mux = Muxer::new(CID, host());
     mux.set_detached(true);
@@ -189,6 +209,9 @@ pub fn run(data: &[u8]) -> usize {
         let p = mux.process(&mem, &mut queues);
         done += p.tx_used + p.rx_used;
     }
-    assert!(mux.connections() <= MAX_CONNECTIONS, "connection cap exceeded");
+    assert!(
+        mux.connections() <= MAX_CONNECTIONS,
+        "connection cap exceeded"
+    );
     done
 }

@@ -83,7 +83,11 @@ impl Vsock {
         if guest_cid <= HOST_CID || guest_cid >= u64::from(u32::MAX) {
             return Err(VsockError::InvalidCid(guest_cid));
         }
-        Ok(Self { cid: guest_cid, host, worker: None })
+        Ok(Self {
+            cid: guest_cid,
+            host,
+            worker: None,
+        })
     }
 
     /// The host side, for in-process connections.
@@ -131,7 +135,10 @@ impl VirtioDevice for Vsock {
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
         if ctx.queues.len() != 3 {
-            return Err(ActivateError::QueueCount { expected: 3, got: ctx.queues.len() });
+            return Err(ActivateError::QueueCount {
+                expected: 3,
+                got: ctx.queues.len(),
+            });
         }
         self.stop_worker();
         let stop = Arc::new(AtomicBool::new(false));
@@ -143,7 +150,11 @@ impl VirtioDevice for Vsock {
             .name("vsock".into())
             .spawn(move || run(mux, ctx, &stop2))
             .map_err(ActivateError::Worker)?;
-        self.worker = Some(Worker { stop, notify, thread });
+        self.worker = Some(Worker {
+            stop,
+            notify,
+            thread,
+        });
         Ok(())
     }
 

@@ -82,7 +82,9 @@ impl Muxer {
 
     fn push_ctrl(&mut self, hdr: Hdr) {
         if self.ctrl.len() >= MAX_CTRL {
-            warn_ratelimited!("vsock: control queue full, dropping a reset (guest gives no RX buffers)");
+            warn_ratelimited!(
+                "vsock: control queue full, dropping a reset (guest gives no RX buffers)"
+            );
             self.ctrl.pop_front();
         }
         self.ctrl.push_back(hdr);
@@ -117,7 +119,11 @@ impl Muxer {
     fn alloc_port(&mut self, peer: u32) -> Option<u32> {
         for _ in 0..=MAX_CONNECTIONS {
             let p = self.next_port;
-            self.next_port = if p >= u32::MAX >> 1 { FIRST_LOCAL_PORT } else { p + 1 };
+            self.next_port = if p >= u32::MAX >> 1 {
+                FIRST_LOCAL_PORT
+            } else {
+                p + 1
+            };
             if !self.conns.contains_key(&(p, peer)) {
                 return Some(p);
             }
@@ -136,7 +142,9 @@ impl Muxer {
     }
 
     fn connect_done(&mut self, d: ConnectDone) {
-        let Some(c) = self.conns.get_mut(&d.key) else { return };
+        let Some(c) = self.conns.get_mut(&d.key) else {
+            return;
+        };
         if c.state != State::PeerInit || !Arc::ptr_eq(&c.io, &d.io) {
             return;
         }
@@ -160,7 +168,12 @@ impl Muxer {
     /// Fuzzing: a host program asks for guest port `port` (no I/O task).
     pub fn open_detached(&mut self, port: u32) {
         let io = self.host.new_io();
-        self.host_request(HostRequest { port, io, reply: Reply::Preamble, created: Instant::now() });
+        self.host_request(HostRequest {
+            port,
+            io,
+            reply: Reply::Preamble,
+            created: Instant::now(),
+        });
     }
 
     /// Fuzzing: the host side of every connection does `sel` with `data`.
@@ -184,7 +197,12 @@ impl Muxer {
     }
 
     fn host_request(&mut self, req: HostRequest) {
-        let HostRequest { port, io, reply, created } = req;
+        let HostRequest {
+            port,
+            io,
+            reply,
+            created,
+        } = req;
         let reject = |io: Arc<HostIo>, reply: Reply| {
             if let Reply::Notify(tx) = reply {
                 let _ = tx.send(false);
@@ -195,10 +213,14 @@ impl Muxer {
             return reject(io, reply);
         }
         if self.conns.len() >= MAX_CONNECTIONS {
-            warn_ratelimited!("vsock: connection limit reached, refusing a host connection to port {port}");
+            warn_ratelimited!(
+                "vsock: connection limit reached, refusing a host connection to port {port}"
+            );
             return reject(io, reply);
         }
-        let Some(local) = self.alloc_port(port) else { return reject(io, reply) };
+        let Some(local) = self.alloc_port(port) else {
+            return reject(io, reply);
+        };
         let mut c = Conn::new(State::LocalInit, io);
         c.reply = Some(reply);
         c.deadline = Some(created + CONNECT_TIMEOUT);
@@ -228,12 +250,20 @@ impl Muxer {
     /// Handles one packet from the guest.
     pub fn guest_packet(&mut self, hdr: &Hdr, data: &[u8]) {
         if hdr.src_cid != self.cid {
-            warn_ratelimited!("vsock: dropping a packet from CID {} (guest is {})", hdr.src_cid, self.cid);
+            warn_ratelimited!(
+                "vsock: dropping a packet from CID {} (guest is {})",
+                hdr.src_cid,
+                self.cid
+            );
             return;
         }
         if hdr.dst_cid != HOST_CID || hdr.type_ != TYPE_STREAM {
             if hdr.op != op::RST {
-                warn_ratelimited!("vsock: resetting a packet to CID {} type {}", hdr.dst_cid, hdr.type_);
+                warn_ratelimited!(
+                    "vsock: resetting a packet to CID {} type {}",
+                    hdr.dst_cid,
+                    hdr.type_
+                );
                 self.push_ctrl(hdr.reply(op::RST));
             }
             return;
@@ -297,7 +327,11 @@ impl Muxer {
                 }
             }
             _ => {
-                warn_ratelimited!("vsock: unexpected op {} from guest port {}, resetting", hdr.op, key.1);
+                warn_ratelimited!(
+                    "vsock: unexpected op {} from guest port {}, resetting",
+                    hdr.op,
+                    key.1
+                );
                 self.reset(key);
             }
         }
@@ -305,13 +339,19 @@ impl Muxer {
 
     fn guest_request(&mut self, key: Key, hdr: &Hdr) {
         if self.conns.contains_key(&key) {
-            warn_ratelimited!("vsock: duplicate REQUEST from guest port {}, resetting", key.1);
+            warn_ratelimited!(
+                "vsock: duplicate REQUEST from guest port {}, resetting",
+                key.1
+            );
             self.reset(key);
             self.push_ctrl(hdr.reply(op::RST));
             return;
         }
         if self.conns.len() >= MAX_CONNECTIONS {
-            warn_ratelimited!("vsock: connection limit reached, refusing guest port {}", key.1);
+            warn_ratelimited!(
+                "vsock: connection limit reached, refusing guest port {}",
+                key.1
+            );
             self.push_ctrl(hdr.reply(op::RST));
             return;
         }
@@ -360,7 +400,9 @@ impl Muxer {
     fn fill_rx(&mut self, mem: &GuestMem, rxq: &mut Queue) -> usize {
         let mut used = 0;
         while self.has_rx() {
-            let Some(chain) = rxq.pop_descriptor_chain(mem) else { break };
+            let Some(chain) = rxq.pop_descriptor_chain(mem) else {
+                break;
+            };
             let head = chain.head_index();
             let len = match packet::rx_capacity(mem, &chain) {
                 Ok(cap) => self.write_one(mem, chain, cap),
@@ -410,7 +452,9 @@ impl Muxer {
         }
         while let Some(key) = self.ready.pop_front() {
             let cid = self.cid;
-            let Some(c) = self.conns.get_mut(&key) else { continue };
+            let Some(c) = self.conns.get_mut(&key) else {
+                continue;
+            };
             c.queued = false;
             let io = Arc::clone(&c.io);
             let mut st = io.lock();

@@ -77,7 +77,9 @@ impl Hdr {
         // SAFETY: `buf` is a local array that outlives `pkt` and is accessed
         // only through `pkt` while `pkt` exists.
         let pkt = unsafe { VsockPacket::new(&mut buf, None) };
-        let Ok(mut pkt) = pkt else { return Hdr::default() };
+        let Ok(mut pkt) = pkt else {
+            return Hdr::default();
+        };
         if pkt.set_header_from_raw(raw).is_err() {
             return Hdr::default();
         }
@@ -171,7 +173,9 @@ pub fn read_tx(
         return Err(PacketError::ShortHeader(avail));
     }
     let mut raw = [0u8; HDR_LEN];
-    reader.read_exact(&mut raw).map_err(|_| PacketError::BadChain)?;
+    reader
+        .read_exact(&mut raw)
+        .map_err(|_| PacketError::BadChain)?;
     let hdr = Hdr::decode(&raw);
     let len = hdr.len as usize;
     if len > MAX_PKT_PAYLOAD {
@@ -179,16 +183,27 @@ pub fn read_tx(
     }
     let avail = avail - HDR_LEN;
     if len > avail {
-        return Err(PacketError::ShortPayload { len: hdr.len, avail });
+        return Err(PacketError::ShortPayload {
+            len: hdr.len,
+            avail,
+        });
     }
     payload.resize(len, 0);
-    reader.read_exact(payload).map_err(|_| PacketError::BadChain)?;
+    reader
+        .read_exact(payload)
+        .map_err(|_| PacketError::BadChain)?;
     Ok(hdr)
 }
 
 /// Device-writable bytes in an RX chain, or an error if it cannot hold a header.
-pub fn rx_capacity(mem: &GuestMem, chain: &DescriptorChain<&GuestMem>) -> Result<usize, PacketError> {
-    let writer = chain.clone().writer(mem).map_err(|_| PacketError::BadChain)?;
+pub fn rx_capacity(
+    mem: &GuestMem,
+    chain: &DescriptorChain<&GuestMem>,
+) -> Result<usize, PacketError> {
+    let writer = chain
+        .clone()
+        .writer(mem)
+        .map_err(|_| PacketError::BadChain)?;
     let cap = writer.available_bytes();
     if cap < HDR_LEN {
         return Err(PacketError::SmallRxBuffer(cap));
@@ -207,7 +222,9 @@ pub fn write_rx(
     b: &[u8],
 ) -> Result<u32, PacketError> {
     let mut writer = chain.writer(mem).map_err(|_| PacketError::BadChain)?;
-    writer.write_all(&hdr.encode()).map_err(|_| PacketError::BadChain)?;
+    writer
+        .write_all(&hdr.encode())
+        .map_err(|_| PacketError::BadChain)?;
     writer.write_all(a).map_err(|_| PacketError::BadChain)?;
     writer.write_all(b).map_err(|_| PacketError::BadChain)?;
     u32::try_from(writer.bytes_written()).map_err(|_| PacketError::BadChain)

@@ -29,7 +29,10 @@ fn header_codec_matches_linux_layout() {
     assert_eq!(&b[40..44], &0xdead_beefu32.to_le_bytes());
     assert_eq!(Hdr::decode(&b), h);
     let r = h.reply(op::RST);
-    assert_eq!((r.src_cid, r.dst_cid, r.src_port, r.dst_port, r.op), (2, h.src_cid, 1024, 0x1122_3344, op::RST));
+    assert_eq!(
+        (r.src_cid, r.dst_cid, r.src_port, r.dst_port, r.op),
+        (2, h.src_cid, 1024, 0x1122_3344, op::RST)
+    );
 }
 
 /// xorshift64*, enough to make varied scripts.
@@ -44,7 +47,9 @@ fn next(state: &mut u64) -> u64 {
 fn fuzz_script_smoke() {
     // A hand-written script: host opens a connection to guest port 5,
     // RX buffers, the guest answers RESPONSE then sends data.
-    let mut s = vec![3, 5, 0, 1, 4, 0x2c, 0x10, 0, 1, 0, 0x2c, 0x10, 0, 1, 0, 0x2c, 0x10, 0, 1, 4];
+    let mut s = vec![
+        3, 5, 0, 1, 4, 0x2c, 0x10, 0, 1, 0, 0x2c, 0x10, 0, 1, 0, 0x2c, 0x10, 0, 1, 4,
+    ];
     let mut hdr = [0u8; HDR_LEN];
     hdr[16..20].copy_from_slice(&5u32.to_le_bytes());
     hdr[20..24].copy_from_slice(&(1u32 << 30).to_le_bytes());

@@ -63,9 +63,15 @@ mod tests {
         assert_eq!(parse_connect(b"connect 1024\n").ok(), Some(1024));
         assert_eq!(parse_connect(b"Connect 7\r\n").ok(), Some(7));
         assert_eq!(parse_connect(b"CONNECT 4294967295\n").ok(), Some(u32::MAX));
-        for bad in [&b"CONNECT\n"[..], b"CONNECT -1\n", b"CONNECT 4294967296\n", b"LISTEN 5\n",
-            b"CONNECT 5 6\n", b"CONNECT +5\n", b"\xff\n"]
-        {
+        for bad in [
+            &b"CONNECT\n"[..],
+            b"CONNECT -1\n",
+            b"CONNECT 4294967296\n",
+            b"LISTEN 5\n",
+            b"CONNECT 5 6\n",
+            b"CONNECT +5\n",
+            b"\xff\n",
+        ] {
             assert!(parse_connect(bad).is_err(), "{bad:?}");
         }
         assert_eq!(ok_line(1 << 30), b"OK 1073741824\n");
@@ -73,15 +79,23 @@ mod tests {
 
     #[test]
     fn reads_only_the_line() {
-        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
         rt.block_on(async {
             let mut input: &[u8] = b"CONNECT 9\nrest";
             assert_eq!(read_connect(&mut input).await.ok(), Some(9));
             assert_eq!(input, b"rest");
             let mut long: &[u8] = &[b'x'; 64];
-            assert!(matches!(read_connect(&mut long).await, Err(HandshakeError::TooLong)));
+            assert!(matches!(
+                read_connect(&mut long).await,
+                Err(HandshakeError::TooLong)
+            ));
             let mut short: &[u8] = b"CONN";
-            assert!(matches!(read_connect(&mut short).await, Err(HandshakeError::Io(_))));
+            assert!(matches!(
+                read_connect(&mut short).await,
+                Err(HandshakeError::Io(_))
+            ));
         });
     }
 }

@@ -86,7 +86,11 @@ impl HostIo {
     }
 
     fn wake_device(&self) {
-        let dev = self.device.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let dev = self
+            .device
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         if let Some(ev) = dev {
             ev.signal();
         }

@@ -170,13 +170,18 @@ impl VsockHost {
     pub fn unix(path: impl Into<std::path::PathBuf>) -> Result<Self, VsockHostError> {
         let path = path.into();
         let listener = std::os::unix::net::UnixListener::bind(&path).map_err(|source| {
-            VsockHostError::Listen { path: path.display().to_string(), source }
+            VsockHostError::Listen {
+                path: path.display().to_string(),
+                source,
+            }
         })?;
         let host = Self::build(Target::Unix(path.clone()), Some(path.clone()))?;
-        listener.set_nonblocking(true).map_err(|source| VsockHostError::Listen {
-            path: path.display().to_string(),
-            source,
-        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| VsockHostError::Listen {
+                path: path.display().to_string(),
+                source,
+            })?;
         let h = host.clone_weak();
         host.runtime().spawn(async move {
             match tokio::net::UnixListener::from_std(listener) {
@@ -195,8 +200,10 @@ impl VsockHost {
         let host = Self::build(Target::Pipe(name.clone()), None)?;
         let server = {
             let _guard = host.runtime().enter();
-            windows::first_instance(&name)
-                .map_err(|source| VsockHostError::Listen { path: name.clone(), source })?
+            windows::first_instance(&name).map_err(|source| VsockHostError::Listen {
+                path: name.clone(),
+                source,
+            })?
         };
         let h = host.clone_weak();
         host.runtime().spawn(windows::accept_loop(name, server, h));
@@ -205,7 +212,10 @@ impl VsockHost {
 
     fn runtime(&self) -> &tokio::runtime::Runtime {
         // `rt` is only taken in Drop.
-        self.inner.rt.as_ref().unwrap_or_else(|| unreachable!("runtime taken before drop"))
+        self.inner
+            .rt
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("runtime taken before drop"))
     }
 
     fn clone_weak(&self) -> WeakHost {
@@ -219,9 +229,16 @@ impl VsockHost {
         let (tx, rx) = oneshot::channel();
         let io = HostIo::new(Arc::clone(&self.inner.device));
         self.runtime().spawn(Arc::clone(&io).pump(theirs));
-        self.push_request(HostRequest { port, io: Arc::clone(&io), reply: Reply::Notify(tx), created: Instant::now() });
+        self.push_request(HostRequest {
+            port,
+            io: Arc::clone(&io),
+            reply: Reply::Notify(tx),
+            created: Instant::now(),
+        });
         // Time out on our runtime, so callers need no tokio timer of their own.
-        let waiter = self.runtime().spawn(tokio::time::timeout(CONNECT_TIMEOUT * 2, rx));
+        let waiter = self
+            .runtime()
+            .spawn(tokio::time::timeout(CONNECT_TIMEOUT * 2, rx));
         match waiter.await {
             Ok(Ok(Ok(true))) => Ok(mine),
             Ok(Err(_)) => {
@@ -239,7 +256,11 @@ impl VsockHost {
     /// precedence over the socket or pipe for that port.
     pub fn listen_in_process(&self, port: u32) -> InProcessListener {
         let (tx, rx) = mpsc::channel(16);
-        self.inner.listeners.lock().unwrap_or_else(PoisonError::into_inner).insert(port, tx);
+        self.inner
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(port, tx);
         InProcessListener { rx }
     }
 
@@ -249,7 +270,11 @@ impl VsockHost {
 
     /// Sets the event the device worker waits on (None when inactive).
     pub(crate) fn set_device_event(&self, ev: Option<Arc<Event>>) {
-        *self.inner.device.lock().unwrap_or_else(PoisonError::into_inner) = ev;
+        *self
+            .inner
+            .device
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = ev;
     }
 
     /// A new host-side buffer set that wakes this host's device.
@@ -259,7 +284,11 @@ impl VsockHost {
 
     /// Takes the queued host requests and connect results.
     pub(crate) fn take_pending(&self) -> (VecDeque<HostRequest>, VecDeque<ConnectDone>) {
-        let mut p = self.inner.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut p = self
+            .inner
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         (std::mem::take(&mut p.requests), std::mem::take(&mut p.done))
     }
 
@@ -267,15 +296,28 @@ impl VsockHost {
     /// result arrives through [`VsockHost::take_pending`].
     pub(crate) fn connect_host(&self, key: (u32, u32), io: Arc<HostIo>) {
         let port = key.0;
-        let listener = self.inner.listeners.lock().unwrap_or_else(PoisonError::into_inner).get(&port).cloned();
+        let listener = self
+            .inner
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&port)
+            .cloned();
         let target = self.inner.target.clone();
         let weak = self.clone_weak();
         self.runtime().spawn(async move {
             if let Some(tx) = listener {
                 let (mine, theirs) = tokio::io::duplex(DUPLEX_CAPACITY);
                 // A listener that stops accepting must not hold the guest forever.
-                let ok = matches!(tokio::time::timeout(CONNECT_TIMEOUT, tx.send(theirs)).await, Ok(Ok(())));
-                weak.done(ConnectDone { key, io: Arc::clone(&io), ok });
+                let ok = matches!(
+                    tokio::time::timeout(CONNECT_TIMEOUT, tx.send(theirs)).await,
+                    Ok(Ok(()))
+                );
+                weak.done(ConnectDone {
+                    key,
+                    io: Arc::clone(&io),
+                    ok,
+                });
                 if ok {
                     io.pump(mine).await;
                 }
@@ -293,12 +335,21 @@ impl VsockHost {
 }
 
 fn push_request(inner: &Inner, req: HostRequest) {
-    inner.pending.lock().unwrap_or_else(PoisonError::into_inner).requests.push_back(req);
+    inner
+        .pending
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .requests
+        .push_back(req);
     wake(inner);
 }
 
 fn wake(inner: &Inner) {
-    let dev = inner.device.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let dev = inner
+        .device
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
     if let Some(ev) = dev {
         ev.signal();
     }
@@ -311,7 +362,12 @@ pub(crate) struct WeakHost(std::sync::Weak<Inner>);
 impl WeakHost {
     pub(crate) fn done(&self, d: ConnectDone) {
         if let Some(inner) = self.0.upgrade() {
-            inner.pending.lock().unwrap_or_else(PoisonError::into_inner).done.push_back(d);
+            inner
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .done
+                .push_back(d);
             wake(&inner);
         }
     }
@@ -319,7 +375,15 @@ impl WeakHost {
     pub(crate) fn request(&self, port: u32, reply: Reply) -> Option<Arc<HostIo>> {
         let inner = self.0.upgrade()?;
         let io = HostIo::new(Arc::clone(&inner.device));
-        push_request(&inner, HostRequest { port, io: Arc::clone(&io), reply, created: Instant::now() });
+        push_request(
+            &inner,
+            HostRequest {
+                port,
+                io: Arc::clone(&io),
+                reply,
+                created: Instant::now(),
+            },
+        );
         Some(io)
     }
 }

@@ -51,11 +51,18 @@ pub(super) async fn connect(base: PathBuf, key: (u32, u32), io: Arc<HostIo>, hos
     let res = tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(&path)).await;
     match res {
         Ok(Ok(stream)) => {
-            host.done(ConnectDone { key, io: Arc::clone(&io), ok: true });
+            host.done(ConnectDone {
+                key,
+                io: Arc::clone(&io),
+                ok: true,
+            });
             io.pump(stream).await;
         }
         Ok(Err(e)) => {
-            log::debug!("vsock: connecting to {}: {e}", PathBuf::from(path).display());
+            log::debug!(
+                "vsock: connecting to {}: {e}",
+                PathBuf::from(path).display()
+            );
             host.done(ConnectDone { key, io, ok: false });
         }
         Err(_) => host.done(ConnectDone { key, io, ok: false }),

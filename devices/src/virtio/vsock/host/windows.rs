@@ -14,7 +14,10 @@ const ERROR_PIPE_BUSY: i32 = 231;
 
 /// Creates the first instance of the device's pipe (fails if it exists).
 pub(super) fn first_instance(name: &str) -> std::io::Result<NamedPipeServer> {
-    ServerOptions::new().first_pipe_instance(true).reject_remote_clients(true).create(name)
+    ServerOptions::new()
+        .first_pipe_instance(true)
+        .reject_remote_clients(true)
+        .create(name)
 }
 
 /// Serves host connections on the pipe, keeping one instance pending.
@@ -25,7 +28,10 @@ pub(super) async fn accept_loop(name: String, mut server: NamedPipeServer, host:
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         }
-        let next = match ServerOptions::new().reject_remote_clients(true).create(&name) {
+        let next = match ServerOptions::new()
+            .reject_remote_clients(true)
+            .create(&name)
+        {
             Ok(s) => s,
             Err(e) => {
                 log::error!("vsock: creating the next pipe instance: {e}");
@@ -64,7 +70,10 @@ pub(super) async fn connect(base: String, key: (u32, u32), io: Arc<HostIo>, host
     let client = loop {
         match ClientOptions::new().open(&name) {
             Ok(c) => break Some(c),
-            Err(e) if e.raw_os_error() == Some(ERROR_PIPE_BUSY) && tokio::time::Instant::now() < deadline => {
+            Err(e)
+                if e.raw_os_error() == Some(ERROR_PIPE_BUSY)
+                    && tokio::time::Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(e) => {
@@ -75,7 +84,11 @@ pub(super) async fn connect(base: String, key: (u32, u32), io: Arc<HostIo>, host
     };
     match client {
         Some(pipe) => {
-            host.done(ConnectDone { key, io: Arc::clone(&io), ok: true });
+            host.done(ConnectDone {
+                key,
+                io: Arc::clone(&io),
+                ok: true,
+            });
             io.pump(pipe).await;
         }
         None => host.done(ConnectDone { key, io, ok: false }),
