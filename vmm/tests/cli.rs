@@ -163,3 +163,37 @@ fn a_good_guest_exits_with_its_debug_exit_status() {
         .expect("spawn");
     assert_eq!(out.status.code(), Some((0x2a << 1) | 1), "stderr: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn stdin_reaches_the_guest_through_com1() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = tmpdir("stdin");
+    #[rustfmt::skip]
+    let code = [
+        0x66, 0xba, 0xfd, 0x03, // mov dx, 0x3fd (LSR)
+        0xec,                   // in al, dx
+        0xa8, 0x01,             // test al, 1 (data ready)
+        0x74, 0xfb,             // jz back to `in`
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xec,                   // in al, dx
+        0xe6, 0xf4,             // out 0xf4, al
+        0xf4,
+    ];
+    let k = dir.join("echo.elf");
+    std::fs::write(&k, elf64(&code)).expect("write");
+    let mut child = Command::new(BIN)
+        .args(["boot", "--kernel", k.to_str().expect("utf8"), "--serial", "stdio", "--timeout", "20"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"A").expect("write");
+    }
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some((i32::from(b'A') << 1) | 1));
+}

@@ -171,7 +171,37 @@ fn boot(args: BootArgs) -> Result<Outcome, String> {
     })?;
     // The vsock host (and its socket) lives until the VM has stopped.
     let _vsock = vm.vsock;
+    if args.serial == "stdio" {
+        forward_stdin(vm.machine.serial_input());
+    }
     vm.machine.run(vm.state, timeout).map_err(|e| one_line(&e))
+}
+
+/// Feeds this process's stdin to COM1 on a detached thread (a blocking
+/// read cannot be cancelled; the thread ends with the process or at EOF).
+/// Input waits while the guest's receive FIFO is full, so none is dropped.
+fn forward_stdin(serial: std::sync::Arc<std::sync::Mutex<krypton_devices::serial::Serial>>) {
+    use std::io::Read;
+    let spawned = std::thread::Builder::new().name("serial-in".into()).spawn(move || {
+        let mut buf = [0u8; 256];
+        let mut stdin = std::io::stdin().lock();
+        while let Ok(n) = stdin.read(&mut buf) {
+            if n == 0 {
+                return;
+            }
+            let mut rest = &buf[..n];
+            while !rest.is_empty() {
+                let taken = serial.lock().unwrap_or_else(std::sync::PoisonError::into_inner).enqueue_input(rest);
+                rest = &rest[taken..];
+                if !rest.is_empty() {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        log::warn!("serial input disabled: cannot start its thread: {e}");
+    }
 }
 
 /// Validates a `--timeout` in seconds.
