@@ -152,7 +152,19 @@ fn run(argv: impl Iterator<Item = String>, pid1: bool) -> Result<()> {
     }
     let agent = Arc::new(Agent { cgroups, pid1 });
     reaper::get();
-    let listener = transport::bind(&args.listen)?;
+    // In the VM the vsock transport may register a moment after we start.
+    let mut tries = if pid1 { 50 } else { 1 };
+    let listener = loop {
+        match transport::bind(&args.listen) {
+            Ok(l) => break l,
+            Err(e) if tries > 1 => {
+                log::debug!("{e:#}; retrying");
+                tries -= 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => return Err(e),
+        }
+    };
     log::info!("listening on {:?}", args.listen);
     loop {
         let stream = match listener.accept() {
@@ -177,4 +189,27 @@ fn run(argv: impl Iterator<Item = String>, pid1: bool) -> Result<()> {
 fn unsafe_prctl_subreaper() -> std::io::Result<()> {
     // SAFETY: prctl with integer arguments only.
     sys::check(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) }).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_args, transport::Address};
+
+    fn args(v: &[&str]) -> anyhow::Result<super::Args> {
+        parse_args(v.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn flags() {
+        let a = args(&[]).expect("defaults");
+        assert_eq!(a.listen, Address::Vsock(1024));
+        assert_eq!(a.cgroup_root, std::path::PathBuf::from("/sys/fs/cgroup"));
+        let a = args(&["--listen", "unix:/x", "--cgroup-root", "/cg", "-vv"]).expect("flags");
+        assert_eq!((a.listen, a.verbosity), (Address::Unix("/x".into()), 2));
+        assert_eq!(a.cgroup_root, std::path::PathBuf::from("/cg"));
+        // Kernel cmdline leftovers passed to init are ignored; unknown flags are not.
+        assert!(args(&["console=ttyS0", "quiet"]).is_ok());
+        assert!(args(&["--bogus"]).is_err());
+        assert!(args(&["--listen"]).is_err());
+    }
 }

@@ -102,3 +102,23 @@ impl Listener {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Address;
+
+    #[test]
+    fn parses_listen_addresses() {
+        assert_eq!(
+            "vsock:1024".parse::<Address>().ok(),
+            Some(Address::Vsock(1024))
+        );
+        assert_eq!(
+            "unix:/run/a.sock".parse::<Address>().ok(),
+            Some(Address::Unix("/run/a.sock".into()))
+        );
+        for bad in ["vsock:", "vsock:x", "unix:", "tcp:1", "", "1024"] {
+            assert!(bad.parse::<Address>().is_err(), "{bad}");
+        }
+    }
+}
