@@ -64,6 +64,7 @@ fn ratio(a: f64, b: f64) -> String {
 }
 
 /// Runs the benchmarks and prints the three figures with their ratios.
+#[allow(clippy::print_stdout)] // the figures are this task's output
 pub fn run(args: &BenchArgs) -> Result<()> {
     if !Path::new("/dev/kvm").exists() {
         bail!("/dev/kvm is missing: the benchmark needs KVM");
