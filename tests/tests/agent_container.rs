@@ -319,3 +319,28 @@ async fn dropping_the_connection_kills_the_container() {
     std::thread::sleep(Duration::from_millis(1500));
     assert!(!marker.exists(), "container outlived its connection");
 }
+
+#[tokio::test]
+async fn limits_without_a_usable_cgroup_hierarchy_are_refused() {
+    require_agent_host!();
+    // A directory that is no cgroup mount at all.
+    let dir = TempDir::new("nocg");
+    let agent = Agent::start_with(&["--cgroup-root", &dir.0.to_string_lossy()]);
+    assert_eq!(agent_caps(&agent).await & caps::CGROUPS, 0);
+    let limited = RunOptions {
+        limits: Limits {
+            memory_bytes: Some(64 << 20),
+            ..Default::default()
+        },
+        ..cmd(&["true"])
+    };
+    let o = agent.run(&limited, Stdin::Null).await;
+    assert_eq!(o.code(), 125);
+    assert!(
+        format!("{:?}", o.result).contains("cgroup"),
+        "{:?}",
+        o.result
+    );
+    // Without limits the command still runs.
+    assert_eq!(agent.run(&cmd(&["true"]), Stdin::Null).await.code(), 0);
+}

@@ -101,6 +101,11 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent on a fresh Unix socket and waits until it listens.
     pub fn start() -> Agent {
+        Agent::start_with(&[])
+    }
+
+    /// Like `start`, with extra agent flags.
+    pub fn start_with(extra: &[&str]) -> Agent {
         let dir = TempDir::new("agent");
         let socket = dir.0.join("agent.sock");
         let log = dir.0.join("agent.log");
@@ -109,6 +114,7 @@ impl Agent {
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
             .arg("-v")
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logf)
