@@ -81,6 +81,11 @@ cases! {
     serial_real => "serial-real",
     serial_prot => "serial-prot",
     serial_long => "serial-long",
+    serial_input_real => "serial-input-real",
+    serial_input_prot => "serial-input-prot",
+    serial_input_long => "serial-input-long",
+    serial_irq_prot => "serial-irq-prot",
+    serial_irq_long => "serial-irq-long",
     debug_exit_real => "debug-exit-real",
     debug_exit_prot => "debug-exit-prot",
     debug_exit_long => "debug-exit-long",
@@ -135,10 +140,10 @@ fn krypton_selftest_filter_runs_only_matching_cases() -> anyhow::Result<()> {
         eprintln!("skipped: {why}");
         return Ok(());
     }
-    let out = Command::new(helpers::krypton_bin()?).args(["selftest", "--filter", "serial"]).output()?;
+    let out = Command::new(helpers::krypton_bin()?).args(["selftest", "--filter", "serial-input"]).output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let names: Vec<String> = table(&stdout).into_iter().map(|(_, n)| n).collect();
-    assert_eq!(names, ["serial-real", "serial-prot", "serial-long"], "{stdout}");
+    assert_eq!(names, ["serial-input-real", "serial-input-prot", "serial-input-long"], "{stdout}");
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     Ok(())
 }

@@ -100,6 +100,8 @@ fn all_cases() -> Vec<Case> {
     add("lapic-timer-periodic", &[Protected, Long], cases::timer_periodic);
     add("lapic-timer-tsc-deadline", &[Protected, Long], cases::timer_tsc_deadline);
     add("serial", &[Real, Protected, Long], cases::serial);
+    add("serial-input", &[Real, Protected, Long], cases::serial_input);
+    add("serial-irq", &[Protected, Long], cases::serial_irq);
     add("debug-exit", &[Real, Protected, Long], cases::debug_exit);
     add("i8042-reset", &[Real, Protected, Long], cases::i8042_reset);
     add("triple-fault", &[Real, Protected, Long], cases::triple_fault);

@@ -50,6 +50,8 @@ pub struct Setup {
     pub irq: Option<(u8, Dev)>,
     /// Capture COM1 output here (otherwise it is discarded).
     pub serial: Option<Capture>,
+    /// Bytes queued on COM1's receive side before the guest starts.
+    pub serial_input: Vec<u8>,
     /// Run limit (default [`TIMEOUT`]).
     pub timeout: Option<Duration>,
 }
@@ -81,6 +83,13 @@ pub fn run(hv: &dyn Hypervisor, g: &Assembled, setup: Setup) -> Result<Ran, Case
     }
     if let Some((pin, dev)) = setup.irq {
         dev.lock().unwrap_or_else(PoisonError::into_inner).set_irq(m.irq_line(pin));
+    }
+    if !setup.serial_input.is_empty() {
+        let queued =
+            m.serial_input().lock().unwrap_or_else(PoisonError::into_inner).enqueue_input(&setup.serial_input);
+        if queued != setup.serial_input.len() {
+            return Err(CaseFailure::Fail(format!("COM1 accepted {queued} of {} input bytes", setup.serial_input.len())));
+        }
     }
     let mem = m.memory().clone();
     if guest::image_end(g) > MEM_MIB << 20 {

@@ -32,6 +32,7 @@ fn every_guest_assembles_in_its_modes() {
             cases::mmio::mmio_guest,
             cases::irq::ioapic_guest,
             cases::irq::ioapic_level_guest,
+            cases::irq::serial_irq_guest,
             cases::irq::oneshot_guest,
             cases::irq::periodic_guest,
             cases::irq::tsc_deadline_guest,

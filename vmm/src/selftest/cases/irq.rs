@@ -12,7 +12,7 @@ use crate::selftest::guest::{GuestAsm, Mode, addr};
 use crate::selftest::runner::{self, Setup};
 use crate::selftest::testdev::{IRQ_LEVEL_REG, IRQ_REG};
 use iced_x86::code_asm::*;
-use krypton_boot::layout::{IOAPIC_BASE, IOAPIC_PINS, LAPIC_BASE};
+use krypton_boot::layout::{COM1_IRQ, COM1_PORT, IOAPIC_BASE, IOAPIC_PINS, LAPIC_BASE};
 
 /// The vector every interrupt case uses.
 const VECTOR: u32 = 0x40;
@@ -133,7 +133,12 @@ pub fn ioapic_irq(hv: &dyn Hypervisor, mode: Mode) -> Result<(), CaseFailure> {
 /// Points the test pin's redirection entry at [`VECTOR`] (fixed, physical,
 /// APIC 0), with `flags` (bit 15 = level) in the low dword.
 fn route_test_pin(g: &mut GuestAsm, flags: u32) -> Result<(), CaseFailure> {
-    let pin = u32::from(TEST_PIN);
+    route_pin(g, TEST_PIN, flags)
+}
+
+/// Points IOAPIC `pin` at [`VECTOR`] (fixed, physical, APIC 0) with `flags`.
+fn route_pin(g: &mut GuestAsm, pin: u8, flags: u32) -> Result<(), CaseFailure> {
+    let pin = u32::from(pin);
     g.load_base(IOAPIC_BASE)?;
     g.a.mov(dword_ptr(g.at(0)), 0x11 + 2 * pin)?;
     g.a.mov(dword_ptr(g.at(0x10)), 0_u32)?;
@@ -195,6 +200,38 @@ pub fn ioapic_level(hv: &dyn Hypervisor, mode: Mode) -> Result<(), CaseFailure> 
         ..Setup::default()
     };
     runner::run_to_pass(hv, &ioapic_level_guest(mode)?.assemble()?, setup)
+}
+
+/// Guest for the serial interrupt case: COM1's "transmitter empty"
+/// interrupt (IER.THRI) arrives through IOAPIC pin 4, and IIR names it.
+pub fn serial_irq_guest(mode: Mode) -> Result<GuestAsm, CaseFailure> {
+    const IER: u32 = COM1_PORT as u32 + 1;
+    const IIR: u32 = COM1_PORT as u32 + 2;
+    const IER_THRI: u32 = 0x02;
+    const IIR_THRI: u8 = 0x02;
+    let mut g = GuestAsm::new(mode)?;
+    enable_lapic(&mut g)?;
+    route_pin(&mut g, COM1_IRQ, 0)?;
+    g.a.mov(dx, IER)?;
+    g.a.mov(al, IER_THRI)?;
+    g.a.out(dx, al)?;
+    wait_for(&mut g, 1)?;
+    g.a.mov(dx, IIR)?;
+    g.a.in_(al, dx)?;
+    g.a.and(al, 0x0f_u32)?;
+    g.expect_al(IIR_THRI, "COM1 IIR identifies the THR-empty interrupt")?;
+    g.a.mov(dx, IIR)?;
+    g.a.in_(al, dx)?;
+    g.a.and(al, 0x0f_u32)?;
+    g.expect_al(0x01, "COM1 IIR after the interrupt was identified (none pending)")?;
+    g.pass()?;
+    emit_handler(&mut g)?;
+    Ok(g)
+}
+
+/// COM1's interrupt reaches the guest through IOAPIC pin 4.
+pub fn serial_irq(hv: &dyn Hypervisor, mode: Mode) -> Result<(), CaseFailure> {
+    runner::run_to_pass(hv, &serial_irq_guest(mode)?.assemble()?, Setup::default())
 }
 
 /// Guest for the one-shot timer case.

@@ -5,7 +5,7 @@ pub(super) mod irq;
 pub(super) mod mmio;
 pub(super) mod pio;
 
-pub use irq::{ioapic_irq, ioapic_level, timer_oneshot, timer_periodic, timer_tsc_deadline};
+pub use irq::{ioapic_irq, ioapic_level, serial_irq, timer_oneshot, timer_periodic, timer_tsc_deadline};
 pub use mmio::mmio;
 pub use pio::{pio, pio_string};
 
@@ -166,6 +166,33 @@ pub fn serial(hv: &dyn Hypervisor, mode: Mode) -> Result<(), CaseFailure> {
         )));
     }
     Ok(())
+}
+
+/// What the host queues on COM1 for the `serial-input` case.
+pub const SERIAL_INPUT: &[u8] = b"ping";
+
+/// Bytes the host queued on COM1 are read by polling LSR.DR and RBR.
+pub fn serial_input(hv: &dyn Hypervisor, mode: Mode) -> Result<(), CaseFailure> {
+    const RBR: u32 = COM1_PORT as u32;
+    const LSR: u32 = COM1_PORT as u32 + 5;
+    const DR: u32 = 0x01;
+    let mut g = GuestAsm::new(mode)?;
+    for (i, &b) in SERIAL_INPUT.iter().enumerate() {
+        g.a.mov(dx, LSR)?;
+        g.a.in_(al, dx)?;
+        g.a.and(al, DR)?;
+        g.expect_al(DR as u8, &format!("LSR.DR before input byte {i}"))?;
+        g.a.mov(dx, RBR)?;
+        g.a.in_(al, dx)?;
+        g.expect_al(b, &format!("RBR input byte {i}"))?;
+    }
+    g.a.mov(dx, LSR)?;
+    g.a.in_(al, dx)?;
+    g.a.and(al, DR)?;
+    g.expect_al(0, "LSR.DR after the last input byte")?;
+    g.pass()?;
+    let setup = Setup { serial_input: SERIAL_INPUT.to_vec(), ..Setup::default() };
+    runner::run_to_pass(hv, &g.assemble()?, setup)
 }
 
 /// Compares two access logs and names the first difference.
