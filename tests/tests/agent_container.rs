@@ -344,3 +344,34 @@ async fn limits_without_a_usable_cgroup_hierarchy_are_refused() {
     // Without limits the command still runs.
     assert_eq!(agent.run(&cmd(&["true"]), Stdin::Null).await.code(), 0);
 }
+
+#[tokio::test]
+async fn cpu_quota_lands_in_the_containers_own_cgroup() {
+    require_agent_host!();
+    let agent = Agent::start();
+    if agent_caps(&agent).await & caps::CGROUPS == 0 {
+        eprintln!("SKIP: agent reports no usable cgroup hierarchy");
+        return;
+    }
+    // Read the limit from inside, through the container's own cgroup path
+    // (v1: cpu controller directory; v2: cpu.max of the unified group).
+    let script = r#"while IFS=: read -r n c p; do case "$c" in
+        cpu|cpu,cpuacct) cat /sys/fs/cgroup/$c$p/cpu.cfs_quota_us /sys/fs/cgroup/$c$p/cpu.cfs_period_us;;
+        "") [ -f /sys/fs/cgroup$p/cpu.max ] && cat /sys/fs/cgroup$p/cpu.max;;
+        esac; done < /proc/self/cgroup; true"#;
+    let opts = RunOptions {
+        limits: Limits {
+            cpu: Some((25_000, 100_000)),
+            ..Default::default()
+        },
+        ..sh(script)
+    };
+    let o = agent.run(&opts, Stdin::Null).await;
+    assert_eq!(o.code(), 0, "{:?} {}", o.result, o.err());
+    assert_eq!(
+        o.out().split_whitespace().collect::<Vec<_>>(),
+        ["25000", "100000"],
+        "{}",
+        o.out()
+    );
+}
