@@ -309,14 +309,17 @@ async fn dropping_the_connection_kills_the_container() {
     let agent = Agent::start();
     let dir = TempDir::new("drop");
     let marker = dir.0.join("alive");
-    let script = format!("echo ready; sleep 1.5; touch {}", marker.display());
+    let script = format!("echo ready; sleep 2; touch {}", marker.display());
     let opts = RunOptions {
-        timeout: Some(Duration::from_millis(700)),
+        timeout: Some(Duration::from_millis(1500)),
         ..sh(&script)
     };
     let o = agent.run(&opts, Stdin::Null).await;
     assert_eq!(o.code(), 124, "{:?}", o.result);
-    std::thread::sleep(Duration::from_millis(1500));
+    // It was running when the client gave up and dropped the connection...
+    assert_eq!(o.out(), "ready\n");
+    // ...and it would have touched the marker within 2 s had it survived.
+    std::thread::sleep(Duration::from_millis(2500));
     assert!(!marker.exists(), "container outlived its connection");
 }
 
