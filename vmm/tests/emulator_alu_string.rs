@@ -57,7 +57,10 @@ fn logic_ops_memory_destination() {
     assert_eq!(d.mem[&MMIO], 0x83);
     // The device sees a read then a write of the same size.
     let (_, d) = alu(&[0x66, 0x81, 0x30, 0xff, 0x00], 0x1234, 2, 0); // xor word [rax], 0xff
-    assert_eq!(d.log.iter().map(|a| (a.1.len(), a.2)).collect::<Vec<_>>(), vec![(2, false), (2, true)]);
+    assert_eq!(
+        d.log.iter().map(|a| (a.1.len(), a.2)).collect::<Vec<_>>(),
+        vec![(2, false), (2, true)]
+    );
     assert_eq!(d.log[1].1, vec![0xcb, 0x12]);
 }
 
@@ -65,7 +68,10 @@ fn logic_ops_memory_destination() {
 fn logic_ops_register_destination() {
     let (c, d) = alu(&[0x23, 0x18], 0xf0f0_f0f0, 4, 0xffff_ffff_0000_ffff); // and ebx, [rax]
     assert_eq!(c.get(RBX), 0xf0f0); // 32-bit result zero-extends
-    assert!(d.log.iter().all(|a| !a.2), "register destination must not write the device");
+    assert!(
+        d.log.iter().all(|a| !a.2),
+        "register destination must not write the device"
+    );
     let (c, _) = alu(&[0x48, 0x0b, 0x18], 0x8000_0000_0000_0000, 8, 1); // or rbx, [rax]
     assert_eq!(c.get(RBX), 0x8000_0000_0000_0001);
     assert_ne!(c.regs.rflags & SF, 0);
@@ -79,8 +85,18 @@ fn cmp_and_test_set_flags_without_writing() {
         let (c, d) = alu(bytes, mem, size, rbx);
         assert!(d.log.iter().all(|a| !a.2), "{bytes:02x?} wrote");
         assert_eq!(c.get(RBX), rbx, "{bytes:02x?} changed rbx");
-        assert_eq!(c.regs.rflags & set, set, "{bytes:02x?} flags {:#x}", c.regs.rflags);
-        assert_eq!(c.regs.rflags & clear, 0, "{bytes:02x?} flags {:#x}", c.regs.rflags);
+        assert_eq!(
+            c.regs.rflags & set,
+            set,
+            "{bytes:02x?} flags {:#x}",
+            c.regs.rflags
+        );
+        assert_eq!(
+            c.regs.rflags & clear,
+            0,
+            "{bytes:02x?} flags {:#x}",
+            c.regs.rflags
+        );
     };
     check(&[0x39, 0x18], 5, 4, 5, ZF | PF, CF | SF | OF); // cmp [rax], ebx: equal
     check(&[0x39, 0x18], 3, 4, 5, CF | SF, ZF | OF); // 3 - 5: borrow, negative
@@ -109,11 +125,20 @@ fn add_and_sub() {
 
 #[test]
 fn stos_all_sizes_and_rep() {
-    for (bytes, size) in [(&[0xaa][..], 1usize), (&[0x66, 0xab][..], 2), (&[0xab][..], 4), (&[0x48, 0xab][..], 8)] {
+    for (bytes, size) in [
+        (&[0xaa][..], 1usize),
+        (&[0x66, 0xab][..], 2),
+        (&[0xab][..], 4),
+        (&[0x48, 0xab][..], 8),
+    ] {
         let mut c = FakeCpu::new(CpuMode::Bits64);
         c.set(RDI, MMIO).set(RAX, 0x0807_0605_0403_0201);
         let log = run_ok(&mut c, bytes, MMIO);
-        assert_eq!(log, vec![(MMIO, (1..=size as u8).collect::<Vec<_>>(), true)], "{bytes:02x?}");
+        assert_eq!(
+            log,
+            vec![(MMIO, (1..=size as u8).collect::<Vec<_>>(), true)],
+            "{bytes:02x?}"
+        );
         assert_eq!(c.get(RDI), MMIO + size as u64);
         // rep stos with DF=1 walks down and stops at RCX=0.
         let mut c = FakeCpu::new(CpuMode::Bits64);
@@ -124,7 +149,10 @@ fn stos_all_sizes_and_rep() {
         let log = run_ok(&mut c, &rep, MMIO + 0x100);
         let addrs: Vec<u64> = log.iter().map(|a| a.0).collect();
         let s = size as u64;
-        assert_eq!(addrs, vec![MMIO + 0x100, MMIO + 0x100 - s, MMIO + 0x100 - 2 * s]);
+        assert_eq!(
+            addrs,
+            vec![MMIO + 0x100, MMIO + 0x100 - s, MMIO + 0x100 - 2 * s]
+        );
         assert_eq!(c.get(RCX), 0);
         assert_eq!(c.get(RDI), MMIO + 0x100 - 3 * s);
     }
@@ -154,9 +182,14 @@ fn rep_is_bounded_per_exit_and_resumes() {
 fn rep_with_32_bit_address_size() {
     // 0x67 in 64-bit mode: ECX/EDI count and index, upper halves cleared.
     let mut c = FakeCpu::new(CpuMode::Bits64);
-    c.set(RDI, 0xffff_ffff_0000_0000 | MMIO).set(RCX, 0xffff_ffff_0000_0002).set(RAX, 0x11);
+    c.set(RDI, 0xffff_ffff_0000_0000 | MMIO)
+        .set(RCX, 0xffff_ffff_0000_0002)
+        .set(RAX, 0x11);
     let log = run_ok(&mut c, &[0x67, 0xf3, 0xaa], MMIO);
-    assert_eq!(log.iter().map(|a| a.0).collect::<Vec<_>>(), vec![MMIO, MMIO + 1]);
+    assert_eq!(
+        log.iter().map(|a| a.0).collect::<Vec<_>>(),
+        vec![MMIO, MMIO + 1]
+    );
     assert_eq!(c.get(RCX), 0);
     assert_eq!(c.get(RDI), MMIO + 2);
     // 16-bit addressing in real mode: DI wraps at 64 KiB, ES base applies.
@@ -164,7 +197,10 @@ fn rep_with_32_bit_address_size() {
     c.sregs.es.base = 0xa_0000;
     c.set(RDI, 0xffff).set(RCX, 2).set(RAX, 0x22);
     let log = run_ok(&mut c, &[0xf3, 0xaa], 0xa_ffff);
-    assert_eq!(log.iter().map(|a| a.0).collect::<Vec<_>>(), vec![0xa_ffff, 0xa_0000]);
+    assert_eq!(
+        log.iter().map(|a| a.0).collect::<Vec<_>>(),
+        vec![0xa_ffff, 0xa_0000]
+    );
     assert_eq!(c.get(RDI), 1);
 }
 
@@ -178,24 +214,35 @@ fn movs_between_ram_and_device() {
     assert!(log.iter().all(|a| !a.2 && a.1.len() == 4));
     let expect: Vec<u8> = (0..16).map(|i| pattern(MMIO + i)).collect();
     assert_eq!(&c.ram[0x200..0x210], &expect[..]);
-    assert_eq!((c.get(RSI), c.get(RDI), c.get(RCX)), (MMIO + 16, RAM_BASE + 0x210, 0));
+    assert_eq!(
+        (c.get(RSI), c.get(RDI), c.get(RCX)),
+        (MMIO + 16, RAM_BASE + 0x210, 0)
+    );
     // RAM → device (memcpy_toio), bytes, with the same page offset on both
     // sides so the emulator must translate to tell them apart.
     let mut c = FakeCpu::new(CpuMode::Bits64);
     c.ram[0x300..0x303].copy_from_slice(&[9, 8, 7]);
-    c.set(RSI, RAM_BASE + 0x300).set(RDI, MMIO + 0x300).set(RCX, 3);
+    c.set(RSI, RAM_BASE + 0x300)
+        .set(RDI, MMIO + 0x300)
+        .set(RCX, 3);
     let log = run_ok(&mut c, &[0xf3, 0xa4], MMIO + 0x300);
-    assert_eq!(log, vec![
-        (MMIO + 0x300, vec![9], true),
-        (MMIO + 0x301, vec![8], true),
-        (MMIO + 0x302, vec![7], true)
-    ]);
+    assert_eq!(
+        log,
+        vec![
+            (MMIO + 0x300, vec![9], true),
+            (MMIO + 0x301, vec![8], true),
+            (MMIO + 0x302, vec![7], true)
+        ]
+    );
     // movsq with a segment override on the source in 32-bit mode is movsd.
     let mut c = FakeCpu::new(CpuMode::Bits32);
     c.sregs.fs.base = 0x100;
     c.set(RSI, MMIO - 0x100).set(RDI, RAM_BASE);
     run_ok(&mut c, &[0x64, 0xa5], MMIO);
-    assert_eq!(&c.ram[..4], &(0..4).map(|i| pattern(MMIO + i)).collect::<Vec<_>>()[..]);
+    assert_eq!(
+        &c.ram[..4],
+        &(0..4).map(|i| pattern(MMIO + i)).collect::<Vec<_>>()[..]
+    );
 }
 
 #[test]
@@ -204,15 +251,18 @@ fn string_ops_translate_linear_addresses() {
     // exit's GPA is used for the faulting operand.
     let mut c = FakeCpu::new(CpuMode::Bits64);
     c.virt_offset = 0xffff_8000_0000_0000;
-    c.set(RDI, c.virt_offset + MMIO + 0xffe).set(RCX, 4).set(RAX, 0x5a);
+    c.set(RDI, c.virt_offset + MMIO + 0xffe)
+        .set(RCX, 4)
+        .set(RAX, 0x5a);
     let log = run_ok(&mut c, &[0xf3, 0xaa], MMIO + 0xffe);
-    assert_eq!(log.iter().map(|a| a.0).collect::<Vec<_>>(), vec![
-        MMIO + 0xffe,
-        MMIO + 0xfff,
-        MMIO + 0x1000,
-        MMIO + 0x1001
-    ]);
-    assert_eq!(c.translations, 1, "only the second page needs a translation");
+    assert_eq!(
+        log.iter().map(|a| a.0).collect::<Vec<_>>(),
+        vec![MMIO + 0xffe, MMIO + 0xfff, MMIO + 0x1000, MMIO + 0x1001]
+    );
+    assert_eq!(
+        c.translations, 1,
+        "only the second page needs a translation"
+    );
 }
 
 #[test]
@@ -238,7 +288,14 @@ fn string_port_io() {
     })
     .expect("outsb");
     assert_eq!(next, 0x1002);
-    assert_eq!(out, vec![(0x3f8, b"a".to_vec()), (0x3f8, b"b".to_vec()), (0x3f8, b"c".to_vec())]);
+    assert_eq!(
+        out,
+        vec![
+            (0x3f8, b"a".to_vec()),
+            (0x3f8, b"b".to_vec()),
+            (0x3f8, b"c".to_vec())
+        ]
+    );
     // insw into RAM.
     let mut c = FakeCpu::new(CpuMode::Bits64);
     c.set(RDI, RAM_BASE + 8).set(RDX, 0x1f0);

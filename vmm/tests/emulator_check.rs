@@ -10,7 +10,12 @@ use krypton::emulator::{CpuMode, Mismatch, MmioExit, Register::*, check_against,
 const CODE: u64 = RAM_BASE + 0x10;
 
 fn exit(gpa: u64, len: u8, is_write: bool, data: u64) -> MmioExit {
-    MmioExit { gpa, len, is_write, data: data.to_le_bytes() }
+    MmioExit {
+        gpa,
+        len,
+        is_write,
+        data: data.to_le_bytes(),
+    }
 }
 
 /// A 64-bit vCPU with `code` at CODE and RIP = CODE + `rip_off`.
@@ -28,7 +33,11 @@ fn read_exit_before_execution() {
     c.set(RBX, MMIO);
     check_kvm_exit(&mut c, &exit(MMIO + 8, 4, false, 0)).expect("matches");
     check_against(&mut c, &exit(MMIO + 8, 4, false, 0), &code).expect("matches");
-    for wrong in [exit(MMIO + 4, 4, false, 0), exit(MMIO + 8, 2, false, 0), exit(MMIO + 8, 4, true, 0)] {
+    for wrong in [
+        exit(MMIO + 4, 4, false, 0),
+        exit(MMIO + 8, 2, false, 0),
+        exit(MMIO + 8, 4, true, 0),
+    ] {
         let r = check_kvm_exit(&mut c, &wrong);
         assert!(r.is_err(), "{wrong:x?} accepted");
     }

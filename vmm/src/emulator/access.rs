@@ -16,7 +16,10 @@ pub(crate) struct Mem<'a, 'f> {
 
 impl<'a, 'f> Mem<'a, 'f> {
     pub(crate) fn new(mmio: &'a mut (dyn FnMut(u64, IoOp<'_>) + 'f)) -> Self {
-        Mem { mmio, pages: Vec::with_capacity(CACHE) }
+        Mem {
+            mmio,
+            pages: Vec::with_capacity(CACHE),
+        }
     }
 
     /// Records that linear `la` is physical `gpa` (the faulting access) when
@@ -34,7 +37,12 @@ impl<'a, 'f> Mem<'a, 'f> {
         self.pages.push((la & !(PAGE - 1), gpa & !(PAGE - 1)));
     }
 
-    fn gpa(&mut self, cpu: &mut dyn EmulatorCpu, la: u64, write: bool) -> Result<u64, EmulatorError> {
+    fn gpa(
+        &mut self,
+        cpu: &mut dyn EmulatorCpu,
+        la: u64,
+        write: bool,
+    ) -> Result<u64, EmulatorError> {
         let page = la & !(PAGE - 1);
         if let Some((_, g)) = self.pages.iter().find(|(l, _)| *l == page) {
             return Ok(g | (la % PAGE));
@@ -47,13 +55,21 @@ impl<'a, 'f> Mem<'a, 'f> {
     /// Splits `[la, la+len)` at page boundaries into (linear, offset, len).
     fn chunks(la: u64, len: usize) -> impl Iterator<Item = (u64, usize, usize)> {
         let first = ((PAGE - la % PAGE) as usize).min(len);
-        [(la, 0, first), (la.wrapping_add(first as u64), first, len - first)]
-            .into_iter()
-            .filter(|c| c.2 > 0)
+        [
+            (la, 0, first),
+            (la.wrapping_add(first as u64), first, len - first),
+        ]
+        .into_iter()
+        .filter(|c| c.2 > 0)
     }
 
     /// Reads `buf.len()` bytes at linear `la`.
-    pub(crate) fn read(&mut self, cpu: &mut dyn EmulatorCpu, la: u64, buf: &mut [u8]) -> Result<(), EmulatorError> {
+    pub(crate) fn read(
+        &mut self,
+        cpu: &mut dyn EmulatorCpu,
+        la: u64,
+        buf: &mut [u8],
+    ) -> Result<(), EmulatorError> {
         for (l, off, n) in Self::chunks(la, buf.len()) {
             let gpa = self.gpa(cpu, l, false)?;
             let part = &mut buf[off..off + n];
@@ -65,7 +81,12 @@ impl<'a, 'f> Mem<'a, 'f> {
     }
 
     /// Writes `buf` at linear `la`.
-    pub(crate) fn write(&mut self, cpu: &mut dyn EmulatorCpu, la: u64, buf: &[u8]) -> Result<(), EmulatorError> {
+    pub(crate) fn write(
+        &mut self,
+        cpu: &mut dyn EmulatorCpu,
+        la: u64,
+        buf: &[u8],
+    ) -> Result<(), EmulatorError> {
         for (l, off, n) in Self::chunks(la, buf.len()) {
             let gpa = self.gpa(cpu, l, true)?;
             let part = &buf[off..off + n];
@@ -77,7 +98,12 @@ impl<'a, 'f> Mem<'a, 'f> {
     }
 
     /// Reads a `size`-byte little-endian value.
-    pub(crate) fn read_value(&mut self, cpu: &mut dyn EmulatorCpu, la: u64, size: usize) -> Result<u64, EmulatorError> {
+    pub(crate) fn read_value(
+        &mut self,
+        cpu: &mut dyn EmulatorCpu,
+        la: u64,
+        size: usize,
+    ) -> Result<u64, EmulatorError> {
         let mut b = [0u8; 8];
         self.read(cpu, la, &mut b[..size.min(8)])?;
         Ok(u64::from_le_bytes(b))

@@ -10,7 +10,9 @@
 
 use super::decode::{self, Form, StrKind, decode_access};
 use super::flags::DF;
-use super::{AccessKind, CpuMode, EmulatorCpu, EmulatorError, MAX_INSN_LEN, MemAccess, Register, regs};
+use super::{
+    AccessKind, CpuMode, EmulatorCpu, EmulatorError, MAX_INSN_LEN, MemAccess, Register, regs,
+};
 
 const PAGE: u64 = 4096;
 
@@ -56,11 +58,20 @@ pub enum Mismatch {
 /// Checks `exit` against our decoding of `insn`, with `cpu` holding the
 /// state **before** the instruction (or before this `rep` iteration).
 /// Write data is compared when the value is known from registers.
-pub fn check_against(cpu: &mut dyn EmulatorCpu, exit: &MmioExit, insn: &[u8]) -> Result<(), Mismatch> {
+pub fn check_against(
+    cpu: &mut dyn EmulatorCpu,
+    exit: &MmioExit,
+    insn: &[u8],
+) -> Result<(), Mismatch> {
     check(cpu, exit, insn, true)
 }
 
-fn check(cpu: &mut dyn EmulatorCpu, exit: &MmioExit, insn: &[u8], data: bool) -> Result<(), Mismatch> {
+fn check(
+    cpu: &mut dyn EmulatorCpu,
+    exit: &MmioExit,
+    insn: &[u8],
+    data: bool,
+) -> Result<(), Mismatch> {
     let decoded = decode_access(cpu, insn).map_err(Mismatch::Decode)?;
     let len = usize::from(exit.len.min(8));
     let mut seen = Vec::new();
@@ -76,12 +87,17 @@ fn check(cpu: &mut dyn EmulatorCpu, exit: &MmioExit, insn: &[u8], data: bool) ->
         let first = (PAGE - a.linear % PAGE).min(u64::from(a.size)) as usize;
         let same_data = !exit.is_write
             || !data
-            || a.data.is_none_or(|d| d.to_le_bytes()[..len] == exit.data[..len]);
+            || a.data
+                .is_none_or(|d| d.to_le_bytes()[..len] == exit.data[..len]);
         if dir && first == len && gpa == Some(exit.gpa) && same_data {
             return Ok(());
         }
     }
-    Err(Mismatch::NoMatch { mnemonic: decoded.mnemonic, exit: *exit, decoded: seen })
+    Err(Mismatch::NoMatch {
+        mnemonic: decoded.mnemonic,
+        exit: *exit,
+        decoded: seen,
+    })
 }
 
 /// Checks a KVM MMIO exit with `cpu` holding the registers **at the exit**
@@ -106,8 +122,12 @@ pub fn check_kvm_exit(cpu: &mut dyn EmulatorCpu, exit: &MmioExit) -> Result<(), 
     // Otherwise the instruction ends at RIP.
     for k in 1..=MAX_INSN_LEN as u64 {
         let start = rip.wrapping_sub(k);
-        let Ok(bytes) = decode::fetch_code(cpu, start) else { continue };
-        let Ok(instr) = decode::decode_at(mode, start, &bytes) else { continue };
+        let Ok(bytes) = decode::fetch_code(cpu, start) else {
+            continue;
+        };
+        let Ok(instr) = decode::decode_at(mode, start, &bytes) else {
+            continue;
+        };
         if instr.len() as u64 != k {
             continue;
         }
@@ -135,9 +155,18 @@ fn try_candidate(
 ) -> Option<Result<(), Mismatch>> {
     let instr = decode::decode_at(mode, start, bytes).ok()?;
     let form = decode::classify(&instr, bytes).ok();
-    let mut over = Overlay { inner: cpu, rip: start, regs: Vec::new() };
+    let mut over = Overlay {
+        inner: cpu,
+        rip: start,
+        regs: Vec::new(),
+    };
     match form {
-        Some(Form::Str { kind, size, addr_size, rep }) => {
+        Some(Form::Str {
+            kind,
+            size,
+            addr_size,
+            rep,
+        }) => {
             let am = regs::mask(addr_size);
             // A `rep` instruction still at RIP made this access even when
             // RCX is already 0: kvm_pvm reports the final iteration's write
@@ -147,17 +176,24 @@ fn try_candidate(
             if rep_only && !rep {
                 return None;
             }
-            let step = if over.inner.rflags() & DF != 0 { (size as u64).wrapping_neg() } else { size as u64 };
+            let step = if over.inner.rflags() & DF != 0 {
+                (size as u64).wrapping_neg()
+            } else {
+                size as u64
+            };
             let undo = |v: u64| (v & !am) | (v.wrapping_sub(step) & am);
             if kind != StrKind::Stos {
-                over.regs.push((Register::RSI, undo(over.inner.reg(Register::RSI))));
+                over.regs
+                    .push((Register::RSI, undo(over.inner.reg(Register::RSI))));
             }
             if kind != StrKind::Lods {
-                over.regs.push((Register::RDI, undo(over.inner.reg(Register::RDI))));
+                over.regs
+                    .push((Register::RDI, undo(over.inner.reg(Register::RDI))));
             }
             if rep {
                 let rcx = over.inner.reg(Register::RCX);
-                over.regs.push((Register::RCX, (rcx & !am) | (rcx.wrapping_add(1) & am)));
+                over.regs
+                    .push((Register::RCX, (rcx & !am) | (rcx.wrapping_add(1) & am)));
             }
         }
         _ if rep_only => return None,
@@ -180,7 +216,10 @@ impl EmulatorCpu for Overlay<'_> {
         self.inner.mode()
     }
     fn reg(&self, r: Register) -> u64 {
-        self.regs.iter().find(|(x, _)| *x == r).map_or_else(|| self.inner.reg(r), |(_, v)| *v)
+        self.regs
+            .iter()
+            .find(|(x, _)| *x == r)
+            .map_or_else(|| self.inner.reg(r), |(_, v)| *v)
     }
     fn set_reg(&mut self, r: Register, value: u64) {
         self.regs.retain(|(x, _)| *x != r);

@@ -24,7 +24,13 @@ pub(crate) fn execute(
 ) -> Result<u64, EmulatorError> {
     let form = decode::classify(instr, bytes)?;
     let mut mem = Mem::new(mmio);
-    if let Form::Str { kind, size, addr_size, rep } = form {
+    if let Form::Str {
+        kind,
+        size,
+        addr_size,
+        rep,
+    } = form
+    {
         let (src, dst) = decode::string_addresses(cpu, instr, addr_size);
         match kind {
             StrKind::Stos => mem.hint(dst, gpa),
@@ -45,14 +51,23 @@ pub(crate) fn execute(
     match form {
         Form::Load { dst, size, ext } => {
             let v = mem.read_value(cpu, la, size)?;
-            let v = if ext == Ext::Sign { regs::sign_extend(v, size) } else { v };
+            let v = if ext == Ext::Sign {
+                regs::sign_extend(v, size)
+            } else {
+                v
+            };
             regs::write(cpu, dst, v);
         }
         Form::Store { size, src } => {
             let v = value(cpu, src, size);
             mem.write_value(cpu, la, size, v)?;
         }
-        Form::Alu { op, size, mem_dst, other } => {
+        Form::Alu {
+            op,
+            size,
+            mem_dst,
+            other,
+        } => {
             let m = mem.read_value(cpu, la, size)?;
             let o = value(cpu, other, size);
             let (a, b) = if mem_dst { (m, o) } else { (o, m) };
@@ -101,7 +116,11 @@ fn string_op(
         si: cpu.reg(Register::RSI) & am,
         di: cpu.reg(Register::RDI) & am,
     };
-    let step = if cpu.rflags() & DF != 0 { (size as u64).wrapping_neg() } else { size as u64 };
+    let step = if cpu.rflags() & DF != 0 {
+        (size as u64).wrapping_neg()
+    } else {
+        size as u64
+    };
     let mut result = Ok(());
     let mut done = 0;
     while st.count > 0 && done < MAX_REP_ITERATIONS {
@@ -125,7 +144,11 @@ fn string_op(
         regs::write_sized(cpu, Register::RCX, addr_size, st.count);
     }
     result?;
-    Ok(if rep && st.count > 0 { cpu.rip() } else { instr.next_ip() })
+    Ok(if rep && st.count > 0 {
+        cpu.rip()
+    } else {
+        instr.next_ip()
+    })
 }
 
 fn string_step(
@@ -169,8 +192,14 @@ pub fn emulate_string_io(
     io: &mut dyn FnMut(u16, IoOp<'_>),
 ) -> Result<u64, EmulatorError> {
     let instr = decode::decode(cpu, insn)?;
-    let ins = matches!(instr.mnemonic(), Mnemonic::Insb | Mnemonic::Insw | Mnemonic::Insd);
-    let outs = matches!(instr.mnemonic(), Mnemonic::Outsb | Mnemonic::Outsw | Mnemonic::Outsd);
+    let ins = matches!(
+        instr.mnemonic(),
+        Mnemonic::Insb | Mnemonic::Insw | Mnemonic::Insd
+    );
+    let outs = matches!(
+        instr.mnemonic(),
+        Mnemonic::Outsb | Mnemonic::Outsw | Mnemonic::Outsd
+    );
     let mem_op = if ins { 0 } else { 1 };
     let addr_size = match instr.op_kind(mem_op) {
         OpKind::MemoryESDI | OpKind::MemorySegSI => 2,
@@ -180,14 +209,25 @@ pub fn emulate_string_io(
     };
     let size = instr.memory_size().size();
     if !(ins || outs) || addr_size == 0 || !matches!(size, 1 | 2 | 4) {
-        return Err(EmulatorError::Unsupported { mnemonic: format!("{:?}", instr.mnemonic()), bytes: insn.to_vec() });
+        return Err(EmulatorError::Unsupported {
+            mnemonic: format!("{:?}", instr.mnemonic()),
+            bytes: insn.to_vec(),
+        });
     }
     let port = cpu.reg(Register::RDX) as u16;
     let am = regs::mask(addr_size);
     let rep = instr.has_rep_prefix();
     let mut count = if rep { cpu.reg(Register::RCX) & am } else { 1 };
-    let step = if cpu.rflags() & DF != 0 { (size as u64).wrapping_neg() } else { size as u64 };
-    let (idx, full) = if ins { (Register::RDI, Register::RDI) } else { (Register::RSI, Register::RSI) };
+    let step = if cpu.rflags() & DF != 0 {
+        (size as u64).wrapping_neg()
+    } else {
+        size as u64
+    };
+    let (idx, full) = if ins {
+        (Register::RDI, Register::RDI)
+    } else {
+        (Register::RSI, Register::RSI)
+    };
     let mut noop = |_: u64, _: IoOp<'_>| {};
     let mut mem = Mem::new(&mut noop);
     let mut done = 0;
@@ -200,7 +240,8 @@ pub fn emulate_string_io(
             io(port, IoOp::Read(data));
             mem.write(cpu, dst, data)
         } else {
-            mem.read(cpu, src, data).map(|()| io(port, IoOp::Write(data)))
+            mem.read(cpu, src, data)
+                .map(|()| io(port, IoOp::Write(data)))
         };
         if let Err(e) = r {
             result = Err(e);
@@ -215,5 +256,9 @@ pub fn emulate_string_io(
         regs::write_sized(cpu, Register::RCX, addr_size, count);
     }
     result?;
-    Ok(if rep && count > 0 { cpu.rip() } else { instr.next_ip() })
+    Ok(if rep && count > 0 {
+        cpu.rip()
+    } else {
+        instr.next_ip()
+    })
 }

@@ -51,7 +51,13 @@ pub enum CpuMode {
 
 impl CpuMode {
     /// Derives the mode from CR0.PE, EFER.LMA, RFLAGS.VM and CS.L / CS.D.
-    pub fn from_state(cr0_pe: bool, efer_lma: bool, rflags_vm: bool, cs_l: bool, cs_db: bool) -> Self {
+    pub fn from_state(
+        cr0_pe: bool,
+        efer_lma: bool,
+        rflags_vm: bool,
+        cs_l: bool,
+        cs_db: bool,
+    ) -> Self {
         if !cr0_pe || (rflags_vm && !efer_lma) {
             CpuMode::Bits16
         } else if efer_lma && cs_l {

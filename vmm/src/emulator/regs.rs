@@ -19,7 +19,11 @@ fn is_high_byte(r: Register) -> bool {
 
 /// Mask of the low `size` bytes (1, 2, 4 or 8).
 pub(crate) fn mask(size: usize) -> u64 {
-    if size >= 8 { u64::MAX } else { (1u64 << (size * 8)) - 1 }
+    if size >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (size * 8)) - 1
+    }
 }
 
 /// Sign-extends the low `size` bytes of `v` to 64 bits.
@@ -35,7 +39,11 @@ pub(crate) fn sign_extend(v: u64, size: usize) -> u64 {
 pub(crate) fn read(cpu: &dyn EmulatorCpu, r: Register) -> Option<u64> {
     let full = full_gpr(r)?;
     let v = cpu.reg(full);
-    Some(if is_high_byte(r) { (v >> 8) & 0xff } else { v & mask(r.size()) })
+    Some(if is_high_byte(r) {
+        (v >> 8) & 0xff
+    } else {
+        v & mask(r.size())
+    })
 }
 
 /// Writes GPR `r` of any size with x86 semantics: 8- and 16-bit writes

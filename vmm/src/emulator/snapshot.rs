@@ -27,14 +27,23 @@ pub struct SnapshotCpu<'a> {
 
 impl std::fmt::Debug for SnapshotCpu<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SnapshotCpu").field("regs", &self.regs).field("sregs", &self.sregs).finish_non_exhaustive()
+        f.debug_struct("SnapshotCpu")
+            .field("regs", &self.regs)
+            .field("sregs", &self.sregs)
+            .finish_non_exhaustive()
     }
 }
 
 impl<'a> SnapshotCpu<'a> {
     /// A snapshot with identity translation and no RAM.
     pub fn new(regs: Regs, sregs: Sregs) -> Self {
-        SnapshotCpu { regs, sregs, translate: None, read: None, write: None }
+        SnapshotCpu {
+            regs,
+            sregs,
+            translate: None,
+            read: None,
+            write: None,
+        }
     }
 
     /// Uses `f` for linear → physical translation.

@@ -1,7 +1,9 @@
 //! A fake vCPU and device shared by the emulator tests.
 #![allow(dead_code)]
 
-use krypton::emulator::{CpuMode, EmulatorCpu, EmulatorError, Register, emulate_mmio, gpr_mut, mode_of};
+use krypton::emulator::{
+    CpuMode, EmulatorCpu, EmulatorError, Register, emulate_mmio, gpr_mut, mode_of,
+};
 use krypton::hv::{IoOp, Regs, Segment, Sregs};
 use std::collections::HashMap;
 
@@ -28,7 +30,14 @@ pub struct FakeCpu {
 
 /// Segments for a mode.
 pub fn sregs_for(mode: CpuMode) -> Sregs {
-    let seg = |l: bool, db: bool| Segment { limit: 0xffff_ffff, present: true, s: true, l, db, ..Default::default() };
+    let seg = |l: bool, db: bool| Segment {
+        limit: 0xffff_ffff,
+        present: true,
+        s: true,
+        l,
+        db,
+        ..Default::default()
+    };
     let mut s = Sregs::default();
     match mode {
         CpuMode::Bits64 => {
@@ -52,8 +61,18 @@ pub fn sregs_for(mode: CpuMode) -> Sregs {
 
 impl FakeCpu {
     pub fn new(mode: CpuMode) -> Self {
-        let regs = Regs { rip: 0x1000, rflags: 2, ..Default::default() };
-        let cpu = FakeCpu { regs, sregs: sregs_for(mode), ram: vec![0; RAM_SIZE], virt_offset: 0, translations: 0 };
+        let regs = Regs {
+            rip: 0x1000,
+            rflags: 2,
+            ..Default::default()
+        };
+        let cpu = FakeCpu {
+            regs,
+            sregs: sregs_for(mode),
+            ram: vec![0; RAM_SIZE],
+            virt_offset: 0,
+            translations: 0,
+        };
         assert_eq!(cpu.mode(), mode);
         cpu
     }
@@ -108,7 +127,8 @@ impl EmulatorCpu for FakeCpu {
     }
     fn translate(&mut self, gva: u64, _write: bool) -> Result<u64, EmulatorError> {
         self.translations += 1;
-        gva.checked_sub(self.virt_offset).ok_or(EmulatorError::Translate(gva))
+        gva.checked_sub(self.virt_offset)
+            .ok_or(EmulatorError::Translate(gva))
     }
     fn read_ram(&mut self, gpa: u64, buf: &mut [u8]) -> bool {
         match self.ram_range(gpa, buf.len()) {
@@ -144,7 +164,9 @@ pub fn pattern(addr: u64) -> u8 {
 
 /// `pattern` over `len` bytes at `addr`, little-endian.
 pub fn pattern_value(addr: u64, len: usize) -> u64 {
-    (0..len).fold(0u64, |v, i| v | (u64::from(pattern(addr + i as u64)) << (8 * i)))
+    (0..len).fold(0u64, |v, i| {
+        v | (u64::from(pattern(addr + i as u64)) << (8 * i))
+    })
 }
 
 impl Dev {
@@ -180,7 +202,10 @@ pub fn run_ok(cpu: &mut FakeCpu, bytes: &[u8], gpa: u64) -> Vec<Access> {
     let rip = cpu.regs.rip;
     let (r, log) = run(cpu, bytes, gpa);
     let next = r.unwrap_or_else(|e| panic!("{bytes:02x?}: {e}"));
-    assert!(next > rip && next <= rip + 15, "{bytes:02x?}: next rip {next:#x}");
+    assert!(
+        next > rip && next <= rip + 15,
+        "{bytes:02x?}: next rip {next:#x}"
+    );
     cpu.regs.rip = next;
     log
 }

@@ -174,7 +174,9 @@ impl WhvSegment {
     pub fn to_value(self) -> RegValue {
         RegValue([
             self.base,
-            u64::from(self.limit) | (u64::from(self.selector) << 32) | (u64::from(self.attributes) << 48),
+            u64::from(self.limit)
+                | (u64::from(self.selector) << 32)
+                | (u64::from(self.attributes) << 48),
         ])
     }
     fn from_bytes(b: &[u8], at: usize) -> Self {
@@ -363,7 +365,12 @@ pub fn parse_exit(b: &[u8]) -> (VpContext, Exit) {
             leaf: u64_at(b, u) as u32,
             subleaf: u64_at(b, u + 8) as u32,
             // DefaultResultRax, Rcx, Rdx, Rbx are at 32, 40, 48, 56.
-            default: [u64_at(b, u + 32) as u32, u64_at(b, u + 56) as u32, u64_at(b, u + 40) as u32, u64_at(b, u + 48) as u32],
+            default: [
+                u64_at(b, u + 32) as u32,
+                u64_at(b, u + 56) as u32,
+                u64_at(b, u + 40) as u32,
+                u64_at(b, u + 48) as u32,
+            ],
         }),
         exit::APIC_EOI => Exit::ApicEoi(u32_at(b, u) as u8),
         exit::HALT => Exit::Halt,

@@ -49,24 +49,45 @@ pub struct CpuidResult {
 /// TSC frequency (`frequencies` false) the frequency MSRs are not offered
 /// and Linux calibrates.
 pub fn hyperv_leaves(frequencies: bool) -> Vec<CpuidResult> {
-    let (freq_eax, freq_edx) =
-        if frequencies { (HV_ACCESS_FREQUENCY_MSRS, HV_FEATURE_FREQUENCY_MSRS_AVAILABLE) } else { (0, 0) };
+    let (freq_eax, freq_edx) = if frequencies {
+        (
+            HV_ACCESS_FREQUENCY_MSRS,
+            HV_FEATURE_FREQUENCY_MSRS_AVAILABLE,
+        )
+    } else {
+        (0, 0)
+    };
     let sig = |s: &[u8; 4]| u32::from_le_bytes(*s);
     let mut leaves = vec![
-        CpuidResult { leaf: 0x4000_0000, regs: [0x4000_0006, sig(b"Micr"), sig(b"osof"), sig(b"t Hv")] },
-        CpuidResult { leaf: 0x4000_0001, regs: [sig(b"Hv#1"), 0, 0, 0] },
-        CpuidResult { leaf: 0x4000_0002, regs: [0; 4] },
+        CpuidResult {
+            leaf: 0x4000_0000,
+            regs: [0x4000_0006, sig(b"Micr"), sig(b"osof"), sig(b"t Hv")],
+        },
+        CpuidResult {
+            leaf: 0x4000_0001,
+            regs: [sig(b"Hv#1"), 0, 0, 0],
+        },
+        CpuidResult {
+            leaf: 0x4000_0002,
+            regs: [0; 4],
+        },
         CpuidResult {
             leaf: 0x4000_0003,
             regs: [
-                HV_MSR_HYPERCALL_AVAILABLE | HV_MSR_VP_INDEX_AVAILABLE | freq_eax | HV_ACCESS_TSC_INVARIANT,
+                HV_MSR_HYPERCALL_AVAILABLE
+                    | HV_MSR_VP_INDEX_AVAILABLE
+                    | freq_eax
+                    | HV_ACCESS_TSC_INVARIANT,
                 0,
                 0,
                 freq_edx,
             ],
         },
     ];
-    leaves.extend((4..=6).map(|i| CpuidResult { leaf: 0x4000_0000 + i, regs: [0; 4] }));
+    leaves.extend((4..=6).map(|i| CpuidResult {
+        leaf: 0x4000_0000 + i,
+        regs: [0; 4],
+    }));
     leaves
 }
 
@@ -93,7 +114,10 @@ pub fn msr_read(msr: u32, vp: u32, tsc_hz: u64, apic_hz: u64) -> MsrReply {
 
 /// Whether a write to `msr` is expected (accepted silently).
 pub fn msr_write_known(msr: u32) -> bool {
-    matches!(msr, MSR_GUEST_OS_ID | MSR_HYPERCALL | MSR_TSC_INVARIANT_CONTROL)
+    matches!(
+        msr,
+        MSR_GUEST_OS_ID | MSR_HYPERCALL | MSR_TSC_INVARIANT_CONTROL
+    )
 }
 
 /// Leaves whose CPUID must exit to us so `hide` can clear bits.
@@ -105,7 +129,12 @@ pub fn cpuid_exit_leaves(hide: &[(u32, u32, u8, u8)]) -> Vec<u32> {
 }
 
 /// Applies the `VmConfig::hide_cpuid` list to the hypervisor's answer.
-pub fn apply_hide(leaf: u32, subleaf: u32, mut regs: [u32; 4], hide: &[(u32, u32, u8, u8)]) -> [u32; 4] {
+pub fn apply_hide(
+    leaf: u32,
+    subleaf: u32,
+    mut regs: [u32; 4],
+    hide: &[(u32, u32, u8, u8)],
+) -> [u32; 4] {
     for &(l, s, r, bit) in hide {
         if l == leaf && s == subleaf && r < 4 && bit < 32 {
             regs[usize::from(r)] &= !(1u32 << bit);

@@ -50,8 +50,8 @@ pub const SREG_NAMES: [i32; 17] = [
 /// WHP values for `regs`, in [`GPR_NAMES`] order.
 pub fn regs_to_values(r: &Regs) -> [RegValue; 18] {
     [
-        r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15,
-        r.rip, r.rflags,
+        r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12,
+        r.r13, r.r14, r.r15, r.rip, r.rflags,
     ]
     .map(RegValue::u64)
 }
@@ -94,7 +94,12 @@ pub fn segment_to_whv(s: &Segment) -> WhvSegment {
         | (u16::from(s.l) << 13)
         | (u16::from(s.db) << 14)
         | (u16::from(s.g) << 15);
-    WhvSegment { base: s.base, limit: s.limit, selector: s.selector, attributes }
+    WhvSegment {
+        base: s.base,
+        limit: s.limit,
+        selector: s.selector,
+        attributes,
+    }
 }
 
 /// The inverse of [`segment_to_whv`].
@@ -124,7 +129,10 @@ pub fn table_to_value(t: &DescriptorTable) -> RegValue {
 
 /// The inverse of [`table_to_value`].
 pub fn table_from_value(v: RegValue) -> DescriptorTable {
-    DescriptorTable { base: v.0[1], limit: (v.0[0] >> 48) as u16 }
+    DescriptorTable {
+        base: v.0[1],
+        limit: (v.0[0] >> 48) as u16,
+    }
 }
 
 /// WHP values for `s`, in [`SREG_NAMES`] order.

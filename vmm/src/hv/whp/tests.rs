@@ -30,7 +30,15 @@ fn parses_vp_context() {
     assert_eq!(exit, Exit::Halt);
     assert_eq!(vp.instruction_length, 3);
     assert!(vp.cr0_pe() && vp.efer_lma() && !vp.interruption_pending());
-    assert_eq!(vp.cs, WhvSegment { base: 0x1000, limit: 0xffff_ffff, selector: 0x10, attributes: 0xa09b });
+    assert_eq!(
+        vp.cs,
+        WhvSegment {
+            base: 0x1000,
+            limit: 0xffff_ffff,
+            selector: 0x10,
+            attributes: 0xa09b
+        }
+    );
     assert_eq!((vp.rip, vp.rflags), (0xffff_ffff_8100_0000, 0x246));
     let cs = regs::segment_from_whv(&vp.cs);
     assert!(cs.l && !cs.db && cs.present && cs.s && cs.g && cs.type_ == 0xb);
@@ -45,13 +53,20 @@ fn parses_memory_access() {
     put(&mut b.0, u + 20, &(1u32 | 4 | 8).to_le_bytes()); // write, unmapped, gva valid
     put(&mut b.0, u + 24, &0xd000_0040u64.to_le_bytes());
     put(&mut b.0, u + 32, &0xffff_c900_0000_0040u64.to_le_bytes());
-    let Exit::Memory(m) = abi::parse_exit(&b.0).1 else { panic!("not a memory exit") };
+    let Exit::Memory(m) = abi::parse_exit(&b.0).1 else {
+        panic!("not a memory exit")
+    };
     assert_eq!(m.insn_bytes(), &[0x89, 0x18, 0x90]);
-    assert_eq!((m.access_type, m.gpa_unmapped, m.gva_valid), (1, true, true));
+    assert_eq!(
+        (m.access_type, m.gpa_unmapped, m.gva_valid),
+        (1, true, true)
+    );
     assert_eq!((m.gpa, m.gva), (0xd000_0040, 0xffff_c900_0000_0040));
     // A bogus byte count is clamped, not trusted.
     b.0[u] = 200;
-    let Exit::Memory(m) = abi::parse_exit(&b.0).1 else { panic!("not a memory exit") };
+    let Exit::Memory(m) = abi::parse_exit(&b.0).1 else {
+        panic!("not a memory exit")
+    };
     assert_eq!(m.insn_bytes().len(), 16);
 }
 
@@ -64,12 +79,26 @@ fn parses_io_access() {
     put(&mut b.0, u + 20, &(1u32 | (1 << 1)).to_le_bytes());
     put(&mut b.0, u + 24, &0x3f8u16.to_le_bytes());
     put(&mut b.0, u + 32, &0x1234_5641u64.to_le_bytes());
-    let Exit::Io(io) = abi::parse_exit(&b.0).1 else { panic!("not io") };
-    assert_eq!((io.port, io.size, io.is_write, io.string, io.rep, io.rax), (0x3f8, 1, true, false, false, 0x1234_5641));
+    let Exit::Io(io) = abi::parse_exit(&b.0).1 else {
+        panic!("not io")
+    };
+    assert_eq!(
+        (io.port, io.size, io.is_write, io.string, io.rep, io.rax),
+        (0x3f8, 1, true, false, false, 0x1234_5641)
+    );
     // rep insw: read, size 2, string, rep
-    put(&mut b.0, u + 20, &((2u32 << 1) | (1 << 4) | (1 << 5)).to_le_bytes());
-    let Exit::Io(io) = abi::parse_exit(&b.0).1 else { panic!("not io") };
-    assert_eq!((io.size, io.is_write, io.string, io.rep), (2, false, true, true));
+    put(
+        &mut b.0,
+        u + 20,
+        &((2u32 << 1) | (1 << 4) | (1 << 5)).to_le_bytes(),
+    );
+    let Exit::Io(io) = abi::parse_exit(&b.0).1 else {
+        panic!("not io")
+    };
+    assert_eq!(
+        (io.size, io.is_write, io.string, io.rep),
+        (2, false, true, true)
+    );
 }
 
 #[test]
@@ -82,19 +111,32 @@ fn parses_msr_cpuid_eoi_cancel() {
     put(&mut b.0, u + 16, &6u64.to_le_bytes());
     assert_eq!(
         abi::parse_exit(&b.0).1,
-        Exit::Msr(abi::MsrAccess { is_write: true, msr: 0x4000_0022, rax: 5, rdx: 6 })
+        Exit::Msr(abi::MsrAccess {
+            is_write: true,
+            msr: 0x4000_0022,
+            rax: 5,
+            rdx: 6
+        })
     );
     let mut b = exit_buf(abi::exit::CPUID);
     for (i, v) in [7u64, 1, 0, 0, 0xa, 0xc, 0xd, 0xb].iter().enumerate() {
         put(&mut b.0, u + 8 * i, &v.to_le_bytes());
     }
-    let Exit::Cpuid(c) = abi::parse_exit(&b.0).1 else { panic!("not cpuid") };
+    let Exit::Cpuid(c) = abi::parse_exit(&b.0).1 else {
+        panic!("not cpuid")
+    };
     assert_eq!((c.leaf, c.subleaf, c.default), (7, 1, [0xa, 0xb, 0xc, 0xd]));
     let mut b = exit_buf(abi::exit::APIC_EOI);
     put(&mut b.0, u, &0x31u32.to_le_bytes());
     assert_eq!(abi::parse_exit(&b.0).1, Exit::ApicEoi(0x31));
-    assert_eq!(abi::parse_exit(&exit_buf(abi::exit::CANCELED).0).1, Exit::Canceled);
-    assert_eq!(abi::parse_exit(&exit_buf(abi::exit::UNRECOVERABLE_EXCEPTION).0).1, Exit::UnrecoverableException);
+    assert_eq!(
+        abi::parse_exit(&exit_buf(abi::exit::CANCELED).0).1,
+        Exit::Canceled
+    );
+    assert_eq!(
+        abi::parse_exit(&exit_buf(abi::exit::UNRECOVERABLE_EXCEPTION).0).1,
+        Exit::UnrecoverableException
+    );
     assert_eq!(abi::parse_exit(&exit_buf(0x1234).0).1, Exit::Other(0x1234));
     // A short buffer parses as zeros instead of panicking.
     assert_eq!(abi::parse_exit(&[1, 0, 0, 0]).0.rip, 0);
@@ -104,7 +146,10 @@ fn parses_msr_cpuid_eoi_cancel() {
 fn rax_after_in_merges_like_hardware() {
     let rax = 0x1122_3344_5566_7788;
     assert_eq!(abi::rax_after_in(rax, 1, &[0xab]), 0x1122_3344_5566_77ab);
-    assert_eq!(abi::rax_after_in(rax, 2, &[0xcd, 0xab]), 0x1122_3344_5566_abcd);
+    assert_eq!(
+        abi::rax_after_in(rax, 2, &[0xcd, 0xab]),
+        0x1122_3344_5566_abcd
+    );
     assert_eq!(abi::rax_after_in(rax, 4, &[1, 2, 3, 4]), 0x0403_0201);
 }
 
@@ -123,19 +168,51 @@ fn long_mode_sregs() -> Sregs {
         avl: false,
         unusable: false,
     };
-    let data = Segment { selector: 0x10, type_: 0x3, l: false, db: true, ..code };
-    let tss = Segment { selector: 0x18, type_: 0xb, s: false, l: false, db: false, g: false, limit: 0x67, ..code };
-    let ldt = Segment { present: false, unusable: true, type_: 2, s: false, l: false, g: false, ..Segment::default() };
+    let data = Segment {
+        selector: 0x10,
+        type_: 0x3,
+        l: false,
+        db: true,
+        ..code
+    };
+    let tss = Segment {
+        selector: 0x18,
+        type_: 0xb,
+        s: false,
+        l: false,
+        db: false,
+        g: false,
+        limit: 0x67,
+        ..code
+    };
+    let ldt = Segment {
+        present: false,
+        unusable: true,
+        type_: 2,
+        s: false,
+        l: false,
+        g: false,
+        ..Segment::default()
+    };
     Sregs {
         cs: code,
         ds: data,
         es: data,
-        fs: Segment { base: 0x7fff_0000, ..data },
-        gs: Segment { base: 0xffff_8880_0000_0000, ..data },
+        fs: Segment {
+            base: 0x7fff_0000,
+            ..data
+        },
+        gs: Segment {
+            base: 0xffff_8880_0000_0000,
+            ..data
+        },
         ss: data,
         tr: tss,
         ldt,
-        gdt: DescriptorTable { base: 0x500, limit: 0x1f },
+        gdt: DescriptorTable {
+            base: 0x500,
+            limit: 0x1f,
+        },
         idt: DescriptorTable { base: 0, limit: 0 },
         cr0: 0x8000_0011,
         cr2: 0,
@@ -154,7 +231,11 @@ fn segment_attributes_match_the_sdk_sample() {
     assert_eq!(regs::segment_to_whv(&s.cs).attributes, 0xa09b);
     assert_eq!(regs::segment_to_whv(&s.ds).attributes, 0xc093);
     assert_eq!(regs::segment_to_whv(&s.tr).attributes, 0x008b);
-    assert_eq!(regs::segment_to_whv(&s.ldt).attributes, 0x0002, "unusable → not present");
+    assert_eq!(
+        regs::segment_to_whv(&s.ldt).attributes,
+        0x0002,
+        "unusable → not present"
+    );
     let v = regs::segment_to_whv(&s.gs).to_value();
     assert_eq!(WhvSegment::from_value(v), regs::segment_to_whv(&s.gs));
 }
@@ -184,7 +265,11 @@ fn sregs_and_regs_round_trip() {
         rflags: 18,
     };
     let v = regs::regs_to_values(&r);
-    assert_eq!(v[1], RegValue::u64(3), "index 1 is RCX (WHvX64RegisterRcx = 1)");
+    assert_eq!(
+        v[1],
+        RegValue::u64(3),
+        "index 1 is RCX (WHvX64RegisterRcx = 1)"
+    );
     assert_eq!(v[3], RegValue::u64(2), "index 3 is RBX");
     assert_eq!(regs::regs_from_values(&v), r);
     // GDTR value layout: {Pad[3], Limit} then Base.
@@ -204,7 +289,13 @@ fn msr_registers() {
 #[test]
 fn hyperv_leaves_satisfy_linux_mshyperv() {
     let leaves = policy::hyperv_leaves(true);
-    let get = |l: u32| leaves.iter().find(|x| x.leaf == l).map(|x| x.regs).expect("leaf");
+    let get = |l: u32| {
+        leaves
+            .iter()
+            .find(|x| x.leaf == l)
+            .map(|x| x.regs)
+            .expect("leaf")
+    };
     let l0 = get(0x4000_0000);
     assert!(l0[0] >= 0x4000_0005, "max leaf must reach HYPERV_CPUID_MIN");
     let sig: Vec<u8> = l0[1..].iter().flat_map(|r| r.to_le_bytes()).collect();
@@ -214,15 +305,34 @@ fn hyperv_leaves_satisfy_linux_mshyperv() {
         assert_ne!(l3[0] & (1 << bit), 0, "EAX bit {bit}");
     }
     assert_ne!(l3[3] & (1 << 8), 0, "EDX FREQUENCY_MSRS_AVAILABLE");
-    assert_eq!((0x4000_0000..=0x4000_0006).filter(|l| leaves.iter().any(|x| x.leaf == *l)).count(), 7);
-    let l3 = policy::hyperv_leaves(false).into_iter().find(|x| x.leaf == 0x4000_0003).expect("leaf").regs;
-    assert_eq!((l3[0] & (1 << 11), l3[3] & (1 << 8)), (0, 0), "no frequencies offered without a TSC rate");
+    assert_eq!(
+        (0x4000_0000..=0x4000_0006)
+            .filter(|l| leaves.iter().any(|x| x.leaf == *l))
+            .count(),
+        7
+    );
+    let l3 = policy::hyperv_leaves(false)
+        .into_iter()
+        .find(|x| x.leaf == 0x4000_0003)
+        .expect("leaf")
+        .regs;
+    assert_eq!(
+        (l3[0] & (1 << 11), l3[3] & (1 << 8)),
+        (0, 0),
+        "no frequencies offered without a TSC rate"
+    );
 }
 
 #[test]
 fn msr_responder() {
-    assert_eq!(policy::msr_read(0x4000_0022, 0, 2_400_000_000, 200_000_000), MsrReply::Value(2_400_000_000));
-    assert_eq!(policy::msr_read(0x4000_0023, 0, 2_400_000_000, 200_000_000), MsrReply::Value(200_000_000));
+    assert_eq!(
+        policy::msr_read(0x4000_0022, 0, 2_400_000_000, 200_000_000),
+        MsrReply::Value(2_400_000_000)
+    );
+    assert_eq!(
+        policy::msr_read(0x4000_0023, 0, 2_400_000_000, 200_000_000),
+        MsrReply::Value(200_000_000)
+    );
     assert_eq!(policy::msr_read(0x4000_0002, 3, 1, 1), MsrReply::Value(3));
     assert_eq!(policy::msr_read(0xdead, 0, 1, 1), MsrReply::Unknown);
     assert!(policy::msr_write_known(0x4000_0118));
@@ -233,23 +343,67 @@ fn msr_responder() {
 fn cpuid_hiding() {
     let hide = [(1, 0, 2, 13), (7, 0, 3, 29), (1, 0, 2, 99)];
     assert_eq!(policy::cpuid_exit_leaves(&hide), vec![1, 7]);
-    assert_eq!(policy::apply_hide(1, 0, [u32::MAX; 4], &hide), [u32::MAX, u32::MAX, !(1 << 13), u32::MAX]);
-    assert_eq!(policy::apply_hide(1, 1, [u32::MAX; 4], &hide), [u32::MAX; 4], "other subleaf untouched");
+    assert_eq!(
+        policy::apply_hide(1, 0, [u32::MAX; 4], &hide),
+        [u32::MAX, u32::MAX, !(1 << 13), u32::MAX]
+    );
+    assert_eq!(
+        policy::apply_hide(1, 1, [u32::MAX; 4], &hide),
+        [u32::MAX; 4],
+        "other subleaf untouched"
+    );
 }
 
 #[test]
 fn msi_to_interrupt_control() {
     // Fixed, physical, edge, APIC 2, vector 0x30.
-    let ic = policy::msi_to_interrupt(Msi { address: 0xfee0_2000, data: 0x30 }).expect("fixed");
+    let ic = policy::msi_to_interrupt(Msi {
+        address: 0xfee0_2000,
+        data: 0x30,
+    })
+    .expect("fixed");
     assert_eq!((ic.control, ic.destination, ic.vector), (0, 2, 0x30));
     // Lowest priority, logical, level.
-    let ic = policy::msi_to_interrupt(Msi { address: 0xfee0_1004, data: 0x8000 | (1 << 8) | 0x41 }).expect("lowest");
-    assert_eq!((ic.control, ic.destination, ic.vector), (1 | (1 << 8) | (1 << 12), 1, 0x41));
+    let ic = policy::msi_to_interrupt(Msi {
+        address: 0xfee0_1004,
+        data: 0x8000 | (1 << 8) | 0x41,
+    })
+    .expect("lowest");
+    assert_eq!(
+        (ic.control, ic.destination, ic.vector),
+        (1 | (1 << 8) | (1 << 12), 1, 0x41)
+    );
     // NMI and INIT keep their encodings; SMI and ExtINT are refused.
-    assert_eq!(policy::msi_to_interrupt(Msi { address: 0xfee0_0000, data: 4 << 8 }).map(|i| i.control), Some(4));
-    assert_eq!(policy::msi_to_interrupt(Msi { address: 0xfee0_0000, data: 5 << 8 }).map(|i| i.control), Some(5));
-    assert!(policy::msi_to_interrupt(Msi { address: 0xfee0_0000, data: 2 << 8 }).is_none());
-    assert!(policy::msi_to_interrupt(Msi { address: 0xfee0_0000, data: 7 << 8 }).is_none());
+    assert_eq!(
+        policy::msi_to_interrupt(Msi {
+            address: 0xfee0_0000,
+            data: 4 << 8
+        })
+        .map(|i| i.control),
+        Some(4)
+    );
+    assert_eq!(
+        policy::msi_to_interrupt(Msi {
+            address: 0xfee0_0000,
+            data: 5 << 8
+        })
+        .map(|i| i.control),
+        Some(5)
+    );
+    assert!(
+        policy::msi_to_interrupt(Msi {
+            address: 0xfee0_0000,
+            data: 2 << 8
+        })
+        .is_none()
+    );
+    assert!(
+        policy::msi_to_interrupt(Msi {
+            address: 0xfee0_0000,
+            data: 7 << 8
+        })
+        .is_none()
+    );
 }
 
 #[test]
@@ -259,7 +413,9 @@ fn open_off_windows_is_unavailable() {
         return;
     }
     match super::open() {
-        Err(crate::hv::HvError::Unavailable(m)) => assert!(m.contains("only available on Windows"), "{m}"),
+        Err(crate::hv::HvError::Unavailable(m)) => {
+            assert!(m.contains("only available on Windows"), "{m}")
+        }
         other => panic!("{:?}", other.map(|h| h.name())),
     }
 }

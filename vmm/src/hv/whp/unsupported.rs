@@ -4,5 +4,7 @@ use crate::hv::{HvError, Hypervisor};
 
 /// Always unavailable off Windows.
 pub fn open() -> Result<Box<dyn Hypervisor>, HvError> {
-    Err(HvError::Unavailable("the Windows Hypervisor Platform backend is only available on Windows".into()))
+    Err(HvError::Unavailable(
+        "the Windows Hypervisor Platform backend is only available on Windows".into(),
+    ))
 }

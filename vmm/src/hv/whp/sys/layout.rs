@@ -44,16 +44,34 @@ const _: () = {
     assert!(w::WHvX64RegisterRcx == 1 && w::WHvX64RegisterRdx == 2 && w::WHvX64RegisterRbx == 3);
     assert!(w::WHvX64RegisterR15 == 15);
     assert!(w::WHvX64RegisterRip == reg::RIP && w::WHvX64RegisterRflags == reg::RFLAGS);
-    assert!(w::WHvX64RegisterEs == reg::ES && w::WHvX64RegisterCs == reg::CS && w::WHvX64RegisterSs == reg::SS);
-    assert!(w::WHvX64RegisterDs == reg::DS && w::WHvX64RegisterFs == reg::FS && w::WHvX64RegisterGs == reg::GS);
+    assert!(
+        w::WHvX64RegisterEs == reg::ES
+            && w::WHvX64RegisterCs == reg::CS
+            && w::WHvX64RegisterSs == reg::SS
+    );
+    assert!(
+        w::WHvX64RegisterDs == reg::DS
+            && w::WHvX64RegisterFs == reg::FS
+            && w::WHvX64RegisterGs == reg::GS
+    );
     assert!(w::WHvX64RegisterLdtr == reg::LDTR && w::WHvX64RegisterTr == reg::TR);
     assert!(w::WHvX64RegisterIdtr == reg::IDTR && w::WHvX64RegisterGdtr == reg::GDTR);
-    assert!(w::WHvX64RegisterCr0 == reg::CR0 && w::WHvX64RegisterCr2 == reg::CR2 && w::WHvX64RegisterCr3 == reg::CR3);
+    assert!(
+        w::WHvX64RegisterCr0 == reg::CR0
+            && w::WHvX64RegisterCr2 == reg::CR2
+            && w::WHvX64RegisterCr3 == reg::CR3
+    );
     assert!(w::WHvX64RegisterCr4 == reg::CR4 && w::WHvX64RegisterCr8 == reg::CR8);
     assert!(w::WHvX64RegisterTsc == reg::TSC && w::WHvX64RegisterEfer == reg::EFER);
-    assert!(w::WHvX64RegisterKernelGsBase == reg::KERNEL_GS_BASE && w::WHvX64RegisterApicBase == reg::APIC_BASE);
+    assert!(
+        w::WHvX64RegisterKernelGsBase == reg::KERNEL_GS_BASE
+            && w::WHvX64RegisterApicBase == reg::APIC_BASE
+    );
     assert!(w::WHvX64RegisterPat == reg::PAT && w::WHvX64RegisterSysenterCs == reg::SYSENTER_CS);
-    assert!(w::WHvX64RegisterSysenterEip == reg::SYSENTER_EIP && w::WHvX64RegisterSysenterEsp == reg::SYSENTER_ESP);
+    assert!(
+        w::WHvX64RegisterSysenterEip == reg::SYSENTER_EIP
+            && w::WHvX64RegisterSysenterEsp == reg::SYSENTER_ESP
+    );
     assert!(w::WHvX64RegisterStar == reg::STAR && w::WHvX64RegisterLstar == reg::LSTAR);
     assert!(w::WHvX64RegisterCstar == reg::CSTAR && w::WHvX64RegisterSfmask == reg::SFMASK);
     assert!(w::WHvX64RegisterMsrMtrrDefType == reg::MTRR_DEF_TYPE);
@@ -83,7 +101,10 @@ const _: () = {
     assert!(w::WHvPartitionPropertyCodeLocalApicEmulationMode == prop::LOCAL_APIC_EMULATION_MODE);
     assert!(w::WHvPartitionPropertyCodeProcessorCount == prop::PROCESSOR_COUNT);
     assert!(w::WHvX64LocalApicEmulationModeXApic as u32 == prop::LAPIC_MODE_XAPIC);
-    assert!(w::WHvMapGpaRangeFlagRead == prop::MAP_READ && w::WHvMapGpaRangeFlagWrite == prop::MAP_WRITE);
+    assert!(
+        w::WHvMapGpaRangeFlagRead == prop::MAP_READ
+            && w::WHvMapGpaRangeFlagWrite == prop::MAP_WRITE
+    );
     assert!(w::WHvMapGpaRangeFlagExecute == prop::MAP_EXECUTE);
     assert!(w::WHvTranslateGvaFlagValidateRead == prop::TRANSLATE_VALIDATE_READ);
     assert!(w::WHvTranslateGvaFlagValidateWrite == prop::TRANSLATE_VALIDATE_WRITE);

@@ -12,8 +12,8 @@ use krypton_devices::warn_ratelimited;
 use std::ffi::c_void;
 use std::sync::{Arc, RwLock};
 use windows_sys::Win32::System::Hypervisor::{
-    WHV_INTERRUPT_CONTROL, WHV_PARTITION_HANDLE, WHV_X64_CPUID_RESULT, WHvCapabilityCodeInterruptClockFrequency,
-    WHvCapabilityCodeProcessorClockFrequency,
+    WHV_INTERRUPT_CONTROL, WHV_PARTITION_HANDLE, WHV_X64_CPUID_RESULT,
+    WHvCapabilityCodeInterruptClockFrequency, WHvCapabilityCodeProcessorClockFrequency,
 };
 
 /// Opens WHP: loads winhvplatform.dll and checks that a hypervisor runs.
@@ -53,7 +53,9 @@ pub(crate) struct Partition {
 
 impl std::fmt::Debug for Partition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Partition").field("handle", &self.handle).finish_non_exhaustive()
+        f.debug_struct("Partition")
+            .field("handle", &self.handle)
+            .finish_non_exhaustive()
     }
 }
 
@@ -71,13 +73,17 @@ impl Partition {
     fn set_property<T>(&self, code: i32, value: &[T]) -> Result<(), HvError> {
         let size = std::mem::size_of_val(value) as u32;
         // SAFETY: `value` is `size` readable bytes for the duration of the call.
-        let hr = unsafe { (self.api.set_partition_property)(self.handle, code, value.as_ptr().cast(), size) };
+        let hr = unsafe {
+            (self.api.set_partition_property)(self.handle, code, value.as_ptr().cast(), size)
+        };
         check("WHvSetPartitionProperty", hr)
     }
 
     /// Copies guest RAM at `gpa` into `buf`; false if not entirely RAM.
     fn read_ram(&self, gpa: u64, buf: &mut [u8]) -> bool {
-        let Some(src) = self.ram_ptr(gpa, buf.len()) else { return false };
+        let Some(src) = self.ram_ptr(gpa, buf.len()) else {
+            return false;
+        };
         // SAFETY: `ram_ptr` checked that [gpa, gpa+len) lies in a region the
         // caller of `map_memory` keeps mapped for the VM's lifetime.
         unsafe { std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
@@ -86,7 +92,9 @@ impl Partition {
 
     /// Copies `buf` into guest RAM at `gpa`; false if not entirely RAM.
     fn write_ram(&self, gpa: u64, buf: &[u8]) -> bool {
-        let Some(dst) = self.ram_ptr(gpa, buf.len()) else { return false };
+        let Some(dst) = self.ram_ptr(gpa, buf.len()) else {
+            return false;
+        };
         // SAFETY: as in `read_ram`; the region is writable host memory.
         unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), dst, buf.len()) };
         true
@@ -95,7 +103,9 @@ impl Partition {
     fn ram_ptr(&self, gpa: u64, len: usize) -> Option<*mut u8> {
         let regions = self.regions.read().unwrap_or_else(|e| e.into_inner());
         let end = gpa.checked_add(len as u64)?;
-        let r = regions.iter().find(|r| gpa >= r.gpa && end <= r.gpa + r.size)?;
+        let r = regions
+            .iter()
+            .find(|r| gpa >= r.gpa && end <= r.gpa + r.size)?;
         Some((r.host + (gpa - r.gpa) as usize) as *mut u8)
     }
 }
@@ -109,9 +119,13 @@ impl Hypervisor for Whp {
         let api = self.api;
         let mut handle: WHV_PARTITION_HANDLE = 0;
         // SAFETY: `handle` is a writable partition handle.
-        check("WHvCreatePartition", unsafe { (api.create_partition)(&raw mut handle) })?;
-        let tsc_hz = api::capability_u64(api, WHvCapabilityCodeProcessorClockFrequency).unwrap_or(0);
-        let apic_hz = api::capability_u64(api, WHvCapabilityCodeInterruptClockFrequency).unwrap_or(DEFAULT_APIC_HZ);
+        check("WHvCreatePartition", unsafe {
+            (api.create_partition)(&raw mut handle)
+        })?;
+        let tsc_hz =
+            api::capability_u64(api, WHvCapabilityCodeProcessorClockFrequency).unwrap_or(0);
+        let apic_hz = api::capability_u64(api, WHvCapabilityCodeInterruptClockFrequency)
+            .unwrap_or(DEFAULT_APIC_HZ);
         let part = Partition {
             handle,
             api,
@@ -149,9 +163,16 @@ impl Hypervisor for Whp {
             part.set_property(prop::CPUID_EXIT_LIST, &exit_leaves)?;
         }
         // SAFETY: the handle is a configured, not yet set-up partition.
-        check("WHvSetupPartition", unsafe { (api.setup_partition)(handle) })?;
-        log::info!("WHP partition: {} vCPUs, TSC {tsc_hz} Hz, APIC timer {apic_hz} Hz", config.cpus.max(1));
-        Ok(Arc::new(WhpVm { part: Arc::new(part) }))
+        check("WHvSetupPartition", unsafe {
+            (api.setup_partition)(handle)
+        })?;
+        log::info!(
+            "WHP partition: {} vCPUs, TSC {tsc_hz} Hz, APIC timer {apic_hz} Hz",
+            config.cpus.max(1)
+        );
+        Ok(Arc::new(WhpVm {
+            part: Arc::new(part),
+        }))
     }
 }
 
@@ -167,10 +188,15 @@ impl MsiSink for WhpVm {
             warn_ratelimited!("WHP cannot deliver MSI {msi:x?} (delivery mode)");
             return;
         };
-        let ctl = WHV_INTERRUPT_CONTROL { _bitfield: ic.control, Destination: ic.destination, Vector: ic.vector };
+        let ctl = WHV_INTERRUPT_CONTROL {
+            _bitfield: ic.control,
+            Destination: ic.destination,
+            Vector: ic.vector,
+        };
         let size = std::mem::size_of::<WHV_INTERRUPT_CONTROL>() as u32;
         // SAFETY: `ctl` is a valid WHV_INTERRUPT_CONTROL of `size` bytes.
-        let hr = unsafe { (self.part.api.request_interrupt)(self.part.handle, &raw const ctl, size) };
+        let hr =
+            unsafe { (self.part.api.request_interrupt)(self.part.handle, &raw const ctl, size) };
         if hr < 0 {
             warn_ratelimited!("WHvRequestInterrupt {msi:x?} failed: {hr:#010x}");
         }
@@ -178,18 +204,37 @@ impl MsiSink for WhpVm {
 }
 
 impl Vm for WhpVm {
-    unsafe fn map_memory(&self, _slot: u32, guest_addr: u64, host: *mut u8, size: usize) -> Result<(), HvError> {
+    unsafe fn map_memory(
+        &self,
+        _slot: u32,
+        guest_addr: u64,
+        host: *mut u8,
+        size: usize,
+    ) -> Result<(), HvError> {
         let flags = prop::MAP_READ | prop::MAP_WRITE | prop::MAP_EXECUTE;
         let p = &self.part;
         // SAFETY: the caller guarantees `host` maps `size` bytes for the VM's lifetime.
-        let hr = unsafe { (p.api.map_gpa_range)(p.handle, host.cast::<c_void>(), guest_addr, size as u64, flags) };
+        let hr = unsafe {
+            (p.api.map_gpa_range)(
+                p.handle,
+                host.cast::<c_void>(),
+                guest_addr,
+                size as u64,
+                flags,
+            )
+        };
         check("WHvMapGpaRange", hr)?;
         let mut regions = p.regions.write().unwrap_or_else(|e| e.into_inner());
-        regions.push(Region { gpa: guest_addr, host: host as usize, size: size as u64 });
+        regions.push(Region {
+            gpa: guest_addr,
+            host: host as usize,
+            size: size as u64,
+        });
         Ok(())
     }
 
     fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>, HvError> {
-        vcpu::WhpVcpu::create(self.part.clone(), u32::from(id)).map(|v| Box::new(v) as Box<dyn Vcpu>)
+        vcpu::WhpVcpu::create(self.part.clone(), u32::from(id))
+            .map(|v| Box::new(v) as Box<dyn Vcpu>)
     }
 }

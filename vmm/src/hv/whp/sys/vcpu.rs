@@ -33,7 +33,10 @@ impl Drop for WhpVcpu {
         // SAFETY: the VP was created by `create` and is deleted once.
         let hr = unsafe { (self.part.api.delete_vp)(self.part.handle, self.index) };
         if hr < 0 {
-            log::warn!("WHvDeleteVirtualProcessor({}) failed: {hr:#010x}", self.index);
+            log::warn!(
+                "WHvDeleteVirtualProcessor({}) failed: {hr:#010x}",
+                self.index
+            );
         }
     }
 }
@@ -41,8 +44,15 @@ impl Drop for WhpVcpu {
 impl WhpVcpu {
     pub(super) fn create(part: Arc<Partition>, index: u32) -> Result<Self, HvError> {
         // SAFETY: plain call on a set-up partition.
-        check("WHvCreateVirtualProcessor", unsafe { (part.api.create_vp)(part.handle, index, 0) })?;
-        Ok(WhpVcpu { part, index, exit: ExitBuf::default(), pending: None })
+        check("WHvCreateVirtualProcessor", unsafe {
+            (part.api.create_vp)(part.handle, index, 0)
+        })?;
+        Ok(WhpVcpu {
+            part,
+            index,
+            exit: ExitBuf::default(),
+            pending: None,
+        })
     }
 
     fn get(&self, names: &[i32], values: &mut [RegValue]) -> Result<(), HvError> {
@@ -51,7 +61,13 @@ impl WhpVcpu {
         // SAFETY: `names` and `values` hold `n` entries; RegValue is a
         // 16-byte-aligned, 16-byte WHV_REGISTER_VALUE.
         let hr = unsafe {
-            (p.api.get_vp_registers)(p.handle, self.index, names.as_ptr(), n, values.as_mut_ptr().cast::<WHV_REGISTER_VALUE>())
+            (p.api.get_vp_registers)(
+                p.handle,
+                self.index,
+                names.as_ptr(),
+                n,
+                values.as_mut_ptr().cast::<WHV_REGISTER_VALUE>(),
+            )
         };
         check("WHvGetVirtualProcessorRegisters", hr)
     }
@@ -61,13 +77,23 @@ impl WhpVcpu {
         let p = &self.part;
         // SAFETY: as in `get`, read-only.
         let hr = unsafe {
-            (p.api.set_vp_registers)(p.handle, self.index, names.as_ptr(), n, values.as_ptr().cast::<WHV_REGISTER_VALUE>())
+            (p.api.set_vp_registers)(
+                p.handle,
+                self.index,
+                names.as_ptr(),
+                n,
+                values.as_ptr().cast::<WHV_REGISTER_VALUE>(),
+            )
         };
         check("WHvSetVirtualProcessorRegisters", hr)
     }
 
     fn next_rip(vp: &VpContext, default_len: u64) -> u64 {
-        let len = if vp.instruction_length == 0 { default_len } else { u64::from(vp.instruction_length) };
+        let len = if vp.instruction_length == 0 {
+            default_len
+        } else {
+            u64::from(vp.instruction_length)
+        };
         vp.rip.wrapping_add(len)
     }
 
@@ -95,7 +121,10 @@ impl WhpVcpu {
         let vals = [r[0], r[1], r[2], r[3]].map(|v| RegValue::u64(u64::from(v)));
         let rip = RegValue::u64(Self::next_rip(vp, 2));
         // RAX, RBX, RCX, RDX, RIP
-        self.set(&[reg::RAX, 3, 1, 2, reg::RIP], &[vals[0], vals[1], vals[2], vals[3], rip])
+        self.set(
+            &[reg::RAX, 3, 1, 2, reg::RIP],
+            &[vals[0], vals[1], vals[2], vals[3], rip],
+        )
     }
 
     /// Loads GPRs and segment/control registers for the emulator.
@@ -109,11 +138,24 @@ impl WhpVcpu {
 
     fn translate(part: &Partition, index: u32, gva: u64, write: bool) -> Option<u64> {
         let flags = abi::prop::TRANSLATE_PRIVILEGE_EXEMPT
-            | if write { abi::prop::TRANSLATE_VALIDATE_WRITE } else { abi::prop::TRANSLATE_VALIDATE_READ };
+            | if write {
+                abi::prop::TRANSLATE_VALIDATE_WRITE
+            } else {
+                abi::prop::TRANSLATE_VALIDATE_READ
+            };
         let mut result = WHV_TRANSLATE_GVA_RESULT::default();
         let mut gpa = 0u64;
         // SAFETY: `result` and `gpa` are writable locals.
-        let hr = unsafe { (part.api.translate_gva)(part.handle, index, gva, flags, &raw mut result, &raw mut gpa) };
+        let hr = unsafe {
+            (part.api.translate_gva)(
+                part.handle,
+                index,
+                gva,
+                flags,
+                &raw mut result,
+                &raw mut gpa,
+            )
+        };
         (hr >= 0 && result.ResultCode == 0).then_some(gpa)
     }
 
@@ -127,8 +169,13 @@ impl WhpVcpu {
         let part = &*self.part;
         let index = self.index;
         let mut cpu = SnapshotCpu::new(r, s)
-            .with_translate(Box::new(move |gva, write| Self::translate(part, index, gva, write)))
-            .with_ram(Box::new(|gpa, buf| part.read_ram(gpa, buf)), Box::new(|gpa, buf| part.write_ram(gpa, buf)));
+            .with_translate(Box::new(move |gva, write| {
+                Self::translate(part, index, gva, write)
+            }))
+            .with_ram(
+                Box::new(|gpa, buf| part.read_ram(gpa, buf)),
+                Box::new(|gpa, buf| part.write_ram(gpa, buf)),
+            );
         let rip = run(&mut cpu)?;
         let mut out = cpu.regs;
         out.rip = rip;
@@ -143,7 +190,9 @@ impl Vcpu for WhpVcpu {
             let p = &self.part;
             let size = abi::EXIT_CONTEXT_SIZE as u32;
             // SAFETY: the exit buffer is EXIT_CONTEXT_SIZE writable bytes, 16-byte aligned.
-            let hr = unsafe { (p.api.run_vp)(p.handle, self.index, self.exit.0.as_mut_ptr().cast(), size) };
+            let hr = unsafe {
+                (p.api.run_vp)(p.handle, self.index, self.exit.0.as_mut_ptr().cast(), size)
+            };
             check("WHvRunVirtualProcessor", hr)?;
             let (vp, exit) = abi::parse_exit(&self.exit.0);
             return Ok(match exit {
@@ -160,7 +209,9 @@ impl Vcpu for WhpVcpu {
                 // Also a cancel latched while the VP was not running.
                 Exit::Canceled => VcpuExit::Canceled,
                 Exit::UnrecoverableException => VcpuExit::Shutdown,
-                Exit::InvalidVpRegisterValue => VcpuExit::Unhandled("whp: invalid VP register value"),
+                Exit::InvalidVpRegisterValue => {
+                    VcpuExit::Unhandled("whp: invalid VP register value")
+                }
                 Exit::UnsupportedFeature => VcpuExit::Unhandled("whp: unsupported feature"),
                 Exit::Msr(m) => {
                     self.complete_msr(&vp, &m)?;
@@ -173,7 +224,10 @@ impl Vcpu for WhpVcpu {
                 // We never request interrupt windows (the hypervisor's LAPIC
                 // delivers); clear a stale one so it cannot spin.
                 Exit::InterruptWindow => {
-                    self.set(&[abi::reg::DELIVERABILITY_NOTIFICATIONS], &[RegValue::default()])?;
+                    self.set(
+                        &[abi::reg::DELIVERABILITY_NOTIFICATIONS],
+                        &[RegValue::default()],
+                    )?;
                     continue;
                 }
                 Exit::Other(_) => VcpuExit::Unhandled("whp: unexpected exit reason"),
@@ -183,7 +237,9 @@ impl Vcpu for WhpVcpu {
 
     fn handle_io(&mut self, f: &mut dyn FnMut(u16, IoOp<'_>)) -> Result<(), HvError> {
         let Some(Pending::Io(vp, io)) = self.pending.take() else {
-            return Err(HvError::Guest("handle_io without a pending port I/O exit".into()));
+            return Err(HvError::Guest(
+                "handle_io without a pending port I/O exit".into(),
+            ));
         };
         if io.string || io.rep {
             let insn = io.insn;
@@ -205,7 +261,9 @@ impl Vcpu for WhpVcpu {
 
     fn handle_mmio(&mut self, f: &mut dyn FnMut(u64, IoOp<'_>)) -> Result<(), HvError> {
         let Some(Pending::Mmio(m)) = self.pending.take() else {
-            return Err(HvError::Guest("handle_mmio without a pending MMIO exit".into()));
+            return Err(HvError::Guest(
+                "handle_mmio without a pending MMIO exit".into(),
+            ));
         };
         self.emulate(|cpu| emulator::emulate_mmio(cpu, m.insn_bytes(), m.gpa, f))
     }
@@ -230,7 +288,11 @@ impl Vcpu for WhpVcpu {
         let values = regs::sregs_to_values(s);
         // APIC_BASE is last; a zero there would disable the LAPIC, so keep
         // the hypervisor's default unless the loader chose one.
-        let n = if s.apic_base == 0 { SREG_NAMES.len() - 1 } else { SREG_NAMES.len() };
+        let n = if s.apic_base == 0 {
+            SREG_NAMES.len() - 1
+        } else {
+            SREG_NAMES.len()
+        };
         self.set(&SREG_NAMES[..n], &values[..n])
     }
 
@@ -246,7 +308,11 @@ impl Vcpu for WhpVcpu {
                 None => log::warn!("WHP: MSR {index:#x} has no WHP register; not set"),
             }
         }
-        if names.is_empty() { Ok(()) } else { self.set(&names, &values) }
+        if names.is_empty() {
+            Ok(())
+        } else {
+            self.set(&names, &values)
+        }
     }
 
     fn translate_gva(&self, gva: u64, write: bool) -> Result<Option<u64>, HvError> {
@@ -254,7 +320,10 @@ impl Vcpu for WhpVcpu {
     }
 
     fn kicker(&self) -> Arc<dyn Kick> {
-        Arc::new(WhpKick { part: self.part.clone(), index: self.index })
+        Arc::new(WhpKick {
+            part: self.part.clone(),
+            index: self.index,
+        })
     }
 }
 
@@ -271,7 +340,10 @@ impl Kick for WhpKick {
         // cannot race its deletion.
         let hr = unsafe { (self.part.api.cancel_run_vp)(self.part.handle, self.index, 0) };
         if hr < 0 {
-            warn_ratelimited!("WHvCancelRunVirtualProcessor({}) failed: {hr:#010x}", self.index);
+            warn_ratelimited!(
+                "WHvCancelRunVirtualProcessor({}) failed: {hr:#010x}",
+                self.index
+            );
         }
     }
 }
