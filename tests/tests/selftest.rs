@@ -86,6 +86,8 @@ cases! {
     serial_input_long => "serial-input-long",
     serial_irq_prot => "serial-irq-prot",
     serial_irq_long => "serial-irq-long",
+    smp_init_sipi_prot => "smp-init-sipi-prot",
+    smp_init_sipi_long => "smp-init-sipi-long",
     debug_exit_real => "debug-exit-real",
     debug_exit_prot => "debug-exit-prot",
     debug_exit_long => "debug-exit-long",

@@ -102,6 +102,7 @@ fn all_cases() -> Vec<Case> {
     add("serial", &[Real, Protected, Long], cases::serial);
     add("serial-input", &[Real, Protected, Long], cases::serial_input);
     add("serial-irq", &[Protected, Long], cases::serial_irq);
+    add("smp-init-sipi", &[Protected, Long], cases::smp);
     add("debug-exit", &[Real, Protected, Long], cases::debug_exit);
     add("i8042-reset", &[Real, Protected, Long], cases::i8042_reset);
     add("triple-fault", &[Real, Protected, Long], cases::triple_fault);

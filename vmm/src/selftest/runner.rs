@@ -52,6 +52,10 @@ pub struct Setup {
     pub serial: Option<Capture>,
     /// Bytes queued on COM1's receive side before the guest starts.
     pub serial_input: Vec<u8>,
+    /// Extra memory contents: (guest address, bytes).
+    pub memory: Vec<(u64, Vec<u8>)>,
+    /// vCPUs (default 1).
+    pub cpus: Option<u8>,
     /// Run limit (default [`TIMEOUT`]).
     pub timeout: Option<Duration>,
 }
@@ -73,7 +77,8 @@ pub fn run(hv: &dyn Hypervisor, g: &Assembled, setup: Setup) -> Result<Ran, Case
         Some(c) => SerialOut::Writer(Box::new(c)),
         None => SerialOut::Null,
     };
-    let cfg = MachineConfig { mem_mib: MEM_MIB, cpus: 1, serial, hide_cpuid: Vec::new() };
+    let cpus = setup.cpus.unwrap_or(1);
+    let cfg = MachineConfig { mem_mib: MEM_MIB, cpus, serial, hide_cpuid: Vec::new() };
     let mut m = Machine::new(hv, cfg)?;
     for (base, len, dev) in setup.pio {
         m.add_pio_device(base, len, dev)?;
@@ -99,6 +104,9 @@ pub fn run(hv: &dyn Hypervisor, g: &Assembled, setup: Setup) -> Result<Ran, Case
         mem.write_slice(&bytes, GuestAddress(at))?;
     }
     mem.write_slice(&g.code, GuestAddress(addr::CODE))?;
+    for (at, bytes) in &setup.memory {
+        mem.write_slice(bytes, GuestAddress(*at))?;
+    }
     let boot = guest::entry_state(&mem, g.mode)?;
     let outcome = m.run(boot, Some(setup.timeout.unwrap_or(TIMEOUT)))?;
     let actual = mem.read_obj::<u64>(GuestAddress(addr::ACTUAL))?;

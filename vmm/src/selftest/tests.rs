@@ -33,6 +33,7 @@ fn every_guest_assembles_in_its_modes() {
             cases::irq::ioapic_guest,
             cases::irq::ioapic_level_guest,
             cases::irq::serial_irq_guest,
+            cases::smp::smp_guest,
             cases::irq::oneshot_guest,
             cases::irq::periodic_guest,
             cases::irq::tsc_deadline_guest,
@@ -41,6 +42,15 @@ fn every_guest_assembles_in_its_modes() {
             assert!(!g.code.is_empty());
         }
     }
+}
+
+#[test]
+fn smp_trampoline_is_real_mode_code_that_records_the_apic_id() {
+    let code = cases::smp::trampoline().expect("asm");
+    let m: Vec<Mnemonic> =
+        Decoder::with_ip(16, &code, 0, DecoderOptions::NONE).into_iter().map(|i| i.mnemonic()).collect();
+    assert_eq!(&m[..4], &[Mnemonic::Xor, Mnemonic::Mov, Mnemonic::Mov, Mnemonic::Cpuid]);
+    assert!(code.len() < 0x1000);
 }
 
 #[test]

@@ -4,10 +4,12 @@
 pub(super) mod irq;
 pub(super) mod mmio;
 pub(super) mod pio;
+pub(super) mod smp;
 
 pub use irq::{ioapic_irq, ioapic_level, serial_irq, timer_oneshot, timer_periodic, timer_tsc_deadline};
 pub use mmio::mmio;
 pub use pio::{pio, pio_string};
+pub use smp::smp;
 
 use super::CaseFailure;
 use super::guest::{GuestAsm, Mode, addr};
