@@ -1,0 +1,178 @@
+//! The slow real-kernel test: boots our pvm-test guest kernel with
+//! `krypton boot` on this host's /dev/kvm (2 vCPUs, 256 MiB, an ext4 disk on
+//! virtio-blk) and checks the serial log line by line.
+//!
+//! The disk has no init, so every platform ends the same way: the kernel
+//! mounts the root, finds no init, panics, and `panic=-1 reboot=k` resets
+//! through the i8042, which ends the VM. (Under kvm_pvm user space could not
+//! run anyway; see ../shared/notes/test-platform.md.)
+//!
+//! `cargo test -p krypton-tests --test kernel_boot` runs the PVH boot
+//! (~2 min here). `KRYPTON_SLOW_TESTS=1` adds the same boot through the
+//! vmlinux 64-bit entry and through the bzImage. Overrides: `KRYPTON_BIN`,
+//! `KRYPTON_KERNEL_DIR`, `KRYPTON_BOOT_TIMEOUT` (seconds, default 240).
+
+#[path = "../src/kernel_helpers.rs"]
+mod helpers;
+
+use helpers::RunEnd;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// One emulated boot at a time: each takes both cores for ~90 s.
+static ONE_BOOT: Mutex<()> = Mutex::new(());
+
+const CPUS: u32 = 2;
+const MEM_MIB: u32 = 256;
+
+/// The kernel command line this test gives; the log must echo it.
+fn test_cmdline() -> anyhow::Result<String> {
+    Ok(format!(
+        "console=ttyS0 reboot=k panic=-1 root=/dev/vda ro rootfstype=ext4 {}",
+        helpers::pvm_test_cmdline()?
+    ))
+}
+
+/// What the serial log must contain: (what it shows, substring).
+fn expected_lines(cmdline: &str) -> Vec<(&'static str, String)> {
+    let s = |x: &str| x.to_string();
+    vec![
+        ("kernel banner", s("Linux version 6.1")),
+        ("our exact command line", format!("Command line: {cmdline}")),
+        ("e820: low RAM from 0", s("BIOS-e820: [mem 0x0000000000000000-")),
+        ("e820: RAM from 1 MiB to the end of 256 MiB", s("BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable")),
+        ("MP table found", s("found SMP MP-table at")),
+        ("IOAPIC from the MP table", s("IOAPIC[0]: apic_id")),
+        ("IOAPIC at its address", s("address 0xfec00000, GSI 0-23")),
+        ("kvm-clock", s("kvm-clock: Using msrs")),
+        ("TSC-deadline timer", s("TSC deadline timer available")),
+        ("clock source chosen", s("clocksource: Switched to clocksource")),
+        ("both CPUs up", format!("smp: Brought up 1 node, {CPUS} CPUs")),
+        ("both CPUs activated", format!("smpboot: Total of {CPUS} processors activated")),
+        ("serial console", s("ttyS0 at I/O 0x3f8")),
+        ("virtio-blk probed", s("virtio_blk virtio")),
+        ("virtio-blk is vda", s("[vda]")),
+        ("vsock family", s("NET: Registered PF_VSOCK protocol family")),
+        ("root mounted from virtio-blk", s("EXT4-fs (vda): mounted filesystem")),
+        ("VFS root", s("VFS: Mounted root (ext4 filesystem) readonly")),
+        ("end of kernel boot", s("No working init found")),
+    ]
+}
+
+fn boot_and_check(name: &str, kernel_file: &str, extra_args: &[&str]) {
+    let _one = ONE_BOOT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(why) = helpers::kvm_unavailable() {
+        eprintln!("kernel_boot/{name}: skipped: {why}");
+        return;
+    }
+    let krypton = helpers::krypton_bin().expect("building krypton");
+    let kdir = helpers::kernel_dir("pvm-test").expect("building the pvm-test kernel");
+    let kernel = kdir.join(kernel_file);
+    let scratch = helpers::scratch_dir(&format!("kernel-boot-{name}")).expect("scratch dir");
+    let disk = helpers::make_ext4_disk(&scratch).expect("ext4 disk");
+    let serial = scratch.join("serial.log");
+    let vmm_log = scratch.join("krypton.log");
+    let cmdline = test_cmdline().expect("cmdline");
+    let timeout = std::env::var("KRYPTON_BOOT_TIMEOUT").ok().and_then(|v| v.parse().ok()).unwrap_or(240);
+
+    let mut cmd = Command::new(&krypton);
+    cmd.arg("boot")
+        .arg("--kernel")
+        .arg(&kernel)
+        .args(["--cpus", &CPUS.to_string(), "--mem", &MEM_MIB.to_string(), "--cmdline", &cmdline])
+        .arg("--serial")
+        .arg(&serial)
+        .arg("--disk")
+        .arg(format!("{},ro", disk.display()))
+        .args(extra_args);
+    for hide in helpers::pvm_test_cpuid_hides().expect("pvm-test.cpuid") {
+        cmd.args(["--hide-cpuid", &hide]);
+    }
+    eprintln!("kernel_boot/{name}: {cmd:?} (pvm host: {})", helpers::host_is_pvm());
+    let (end, took) =
+        helpers::run_with_deadline(&mut cmd, &vmm_log, Duration::from_secs(timeout)).expect("running krypton");
+    let log = std::fs::read_to_string(&serial).unwrap_or_default();
+    eprintln!("kernel_boot/{name}: {end:?} after {:.1} s wall; serial log {} bytes", took.as_secs_f64(), log.len());
+    report_timings(name, &log);
+
+    let mut failures = Vec::new();
+    for (what, needle) in expected_lines(&cmdline) {
+        if !log.contains(&needle) {
+            failures.push(format!("missing {what}: {needle:?}"));
+        }
+    }
+    match end {
+        RunEnd::TimedOut => failures.push(format!("the VM did not end within {timeout} s")),
+        RunEnd::Exited(status) if status.code() == Some(125) => {
+            failures.push("krypton failed (exit 125) instead of ending on the guest reset".to_string())
+        }
+        RunEnd::Exited(status) if status.code().is_none() => failures.push(format!("krypton died: {status}")),
+        RunEnd::Exited(status) => eprintln!("kernel_boot/{name}: krypton exited with {status}"),
+    }
+    if !failures.is_empty() {
+        let vmm = std::fs::read_to_string(&vmm_log).unwrap_or_default();
+        panic!(
+            "kernel_boot/{name}: {} check(s) failed:\n  {}\n--- serial log (tail) ---\n{}\n--- krypton output (tail) ---\n{}\n(files kept in {})",
+            failures.len(),
+            failures.join("\n  "),
+            tail(&log, 60),
+            tail(&vmm, 30),
+            scratch.display()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// Prints guest timestamps of milestones (guest time runs ~11% slow here).
+fn report_timings(name: &str, log: &str) {
+    for needle in ["Linux version", "smpboot: Total of", "virtio_blk virtio", "EXT4-fs (vda): mounted", "No working init"] {
+        if let Some((Some(t), _)) = helpers::find_line(log, needle) {
+            eprintln!("kernel_boot/{name}: [{t:>10.3}] {needle}");
+        }
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn slow_tests_enabled(name: &str) -> bool {
+    let on = std::env::var("KRYPTON_SLOW_TESTS").is_ok_and(|v| v == "1");
+    if !on {
+        eprintln!("kernel_boot/{name}: skipped: set KRYPTON_SLOW_TESTS=1 for the extra ~2 min boot");
+    }
+    on
+}
+
+#[test]
+fn vmlinux_boots_via_pvh() {
+    boot_and_check("pvh", "vmlinux", &[]);
+}
+
+#[test]
+fn vmlinux_boots_via_64bit_entry() {
+    if slow_tests_enabled("elf64") {
+        boot_and_check("elf64", "vmlinux", &["--linux64"]);
+    }
+}
+
+#[test]
+fn bzimage_boots() {
+    if slow_tests_enabled("bzimage") {
+        boot_and_check("bzimage", "bzImage", &[]);
+    }
+}
+
+#[test]
+fn cmdline_file_is_well_formed() {
+    let line = helpers::pvm_test_cmdline().expect("read pvm-test.cmdline");
+    assert!(line.starts_with("noxsave clearcpuid="), "{line}");
+    assert!(!line.contains('\n') && !line.contains("  "));
+    let hides = helpers::pvm_test_cpuid_hides().expect("read pvm-test.cpuid");
+    for needed in ["0x1:0:ecx:13", "0x7:0:edx:29"] {
+        assert!(hides.iter().any(|h| h == needed), "{needed} missing from {hides:?}");
+    }
+    assert!(hides.iter().all(|h| h.split(':').count() == 4), "{hides:?}");
+}
