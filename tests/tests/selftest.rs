@@ -60,6 +60,7 @@ cases! {
     pio_string_real => "pio-string-real",
     pio_string_prot => "pio-string-prot",
     pio_string_long => "pio-string-long",
+    mmio_real => "mmio-real",
     mmio_prot => "mmio-prot",
     mmio_long => "mmio-long",
     iret_real => "iret-real",

@@ -91,7 +91,7 @@ fn all_cases() -> Vec<Case> {
     add("entry", &[Real, Protected, Long], cases::entry);
     add("pio", &[Real, Protected, Long], cases::pio);
     add("pio-string", &[Real, Protected, Long], cases::pio_string);
-    add("mmio", &[Protected, Long], cases::mmio);
+    add("mmio", &[Real, Protected, Long], cases::mmio);
     add("iret", &[Real, Protected, Long], cases::iret);
     add("soft-int", &[Real, Protected, Long], cases::soft_int);
     add("ioapic-irq-hlt", &[Protected, Long], cases::ioapic_irq);

@@ -26,10 +26,11 @@ fn every_guest_assembles_in_its_modes() {
         assert!(mnemonics(&g).contains(&Mnemonic::In), "{mode:?}");
         let g = cases::pio::pio_string_guest(mode).and_then(GuestAsm::assemble).expect("string");
         assert!(mnemonics(&g).contains(&Mnemonic::Outsb));
+        let g = cases::mmio::mmio_guest(mode).and_then(GuestAsm::assemble).expect("mmio");
+        assert!(mnemonics(&g).contains(&Mnemonic::Stosd));
     }
     for mode in [Mode::Protected, Mode::Long] {
         for build in [
-            cases::mmio::mmio_guest,
             cases::irq::ioapic_guest,
             cases::irq::ioapic_level_guest,
             cases::irq::serial_irq_guest,
