@@ -56,6 +56,11 @@ pub mod addr {
     pub const NULL_IDTR: u64 = 0x6200;
     /// The pseudo-descriptor the prologue loads with `lidt`.
     pub const IDTR: u64 = 0x6300;
+    /// A GDT with a flat 4 GiB data descriptor at selector 0x08, for
+    /// "big real mode", and its pseudo-descriptor after it.
+    pub const BIG_REAL_GDT: u64 = 0x6400;
+    /// The pseudo-descriptor of `BIG_REAL_GDT`.
+    pub const BIG_REAL_GDTR: u64 = 0x6440;
     /// Stack pointer set by the prologue (grows down).
     pub const STACK_TOP: u64 = 0x8000;
     /// Guest code.
@@ -269,6 +274,27 @@ impl GuestAsm {
         Ok(())
     }
 
+    /// In real mode, switches to "big real mode" so 32-bit addresses reach
+    /// the MMIO hole and the APICs: DS and ES are loaded with a flat 4 GiB
+    /// descriptor while CR0.PE is briefly set, and are not reloaded after
+    /// PE is cleared (bases stay 0). Clobbers EAX and BX. No-op otherwise.
+    pub fn big_real_mode(&mut self) -> Result<(), CaseFailure> {
+        if self.mode != Mode::Real {
+            return Ok(());
+        }
+        self.a.cli()?;
+        self.a.lgdt(ptr(addr::BIG_REAL_GDTR))?;
+        self.a.mov(eax, cr0)?;
+        self.a.or(al, 1)?;
+        self.a.mov(cr0, eax)?;
+        self.a.mov(bx, 0x08_u32)?;
+        self.a.mov(ds, bx)?;
+        self.a.mov(es, bx)?;
+        self.a.and(al, 0xfe_u32 as i32)?;
+        self.a.mov(cr0, eax)?;
+        Ok(())
+    }
+
     /// Returns from a hardware-interrupt handler. Same as [`GuestAsm::iret`]
     /// except in 32-bit protected mode, which uses the equivalent
     /// `push [esp+8]; popfd; retf 4` (same privilege, so the frame is EIP,
@@ -311,6 +337,14 @@ pub fn memory_image(g: &Assembled) -> Vec<(u64, Vec<u8>)> {
     let mut idtr = idt_limit.to_le_bytes().to_vec();
     idtr.extend_from_slice(&idt_base.to_le_bytes());
     out.push((addr::IDTR, idtr));
+    if g.mode == Mode::Real {
+        let flat_data = 0x00cf_9200_0000_ffff_u64;
+        let gdt: Vec<u8> = [0, flat_data].iter().flat_map(|e: &u64| e.to_le_bytes()).collect();
+        let mut gdtr = 15u16.to_le_bytes().to_vec();
+        gdtr.extend_from_slice(&(addr::BIG_REAL_GDT as u32).to_le_bytes());
+        out.push((addr::BIG_REAL_GDT, gdt));
+        out.push((addr::BIG_REAL_GDTR, gdtr));
+    }
     for (v, off) in &g.vectors {
         let v = u64::from(*v);
         let target = addr::CODE + off;

@@ -66,8 +66,10 @@ fn emit_handler(g: &mut GuestAsm) -> Result<(), CaseFailure> {
 }
 
 /// Software-enables the local APIC (SVR bit 8, spurious vector 0xff);
-/// leaves EBX/RBX pointing at it.
+/// leaves EBX/RBX pointing at it. Real mode switches to big real mode
+/// first to reach it.
 fn enable_lapic(g: &mut GuestAsm) -> Result<(), CaseFailure> {
+    g.big_real_mode()?;
     g.load_base(LAPIC_BASE)?;
     g.a.mov(dword_ptr(g.at(APIC_SVR)), 0x1ff_u32)?;
     Ok(())

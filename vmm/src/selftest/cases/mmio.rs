@@ -4,7 +4,7 @@
 use super::compare_log;
 use crate::hv::Hypervisor;
 use crate::selftest::CaseFailure;
-use crate::selftest::guest::{GuestAsm, Mode, addr};
+use crate::selftest::guest::{GuestAsm, Mode};
 use crate::selftest::runner::{self, Setup};
 use crate::selftest::testdev::{Access, pattern, pattern_value};
 use iced_x86::code_asm::*;
@@ -64,46 +64,13 @@ pub fn mmio_expected(mode: Mode) -> Vec<Access> {
     v
 }
 
-/// Flat 4 GiB data descriptor for "big real mode" (GDT slot 1).
-const BIG_REAL_GDT: [u64; 2] = [0, 0x00cf_9200_0000_ffff];
-/// Where the real-mode guest's GDT and its pseudo-descriptor go.
-const BIG_REAL_GDT_ADDR: u64 = addr::DATA + 0x400;
-const BIG_REAL_GDTR_ADDR: u64 = addr::DATA + 0x440;
-
-/// Memory the real-mode `mmio` guest needs: its GDT and GDTR.
-pub fn big_real_memory() -> Vec<(u64, Vec<u8>)> {
-    let gdt: Vec<u8> = BIG_REAL_GDT.iter().flat_map(|e| e.to_le_bytes()).collect();
-    let mut gdtr = ((BIG_REAL_GDT.len() * 8 - 1) as u16).to_le_bytes().to_vec();
-    gdtr.extend_from_slice(&(BIG_REAL_GDT_ADDR as u32).to_le_bytes());
-    vec![(BIG_REAL_GDT_ADDR, gdt), (BIG_REAL_GDTR_ADDR, gdtr)]
-}
-
-/// Real mode reaches the MMIO hole through "big real mode": DS and ES are
-/// loaded with a flat 4 GiB descriptor while CR0.PE is briefly set, and are
-/// not reloaded after PE is cleared, so 32-bit addresses (0x67 prefix) work.
-fn enter_big_real_mode(g: &mut GuestAsm) -> Result<(), CaseFailure> {
-    g.a.cli()?;
-    g.a.lgdt(ptr(BIG_REAL_GDTR_ADDR))?;
-    g.a.mov(eax, cr0)?;
-    g.a.or(al, 1)?;
-    g.a.mov(cr0, eax)?;
-    g.a.mov(bx, 0x08_u32)?;
-    g.a.mov(ds, bx)?;
-    g.a.mov(es, bx)?;
-    g.a.and(al, 0xfe_u32 as i32)?;
-    g.a.mov(cr0, eax)?;
-    Ok(())
-}
-
 /// Guest for the `mmio` case.
 pub fn mmio_guest(mode: Mode) -> Result<GuestAsm, CaseFailure> {
     let long = mode == Mode::Long;
     // String instructions with the address size that reaches the hole.
     let asize = if long { 64 } else { 32 };
     let mut g = GuestAsm::new(mode)?;
-    if mode == Mode::Real {
-        enter_big_real_mode(&mut g)?;
-    }
+    g.big_real_mode()?;
     g.load_base(BASE)?;
     // Stores: immediate and register forms of every size.
     g.a.mov(byte_ptr(g.at(0x10)), 0x11_u32)?;
@@ -171,8 +138,7 @@ pub fn mmio_guest(mode: Mode) -> Result<GuestAsm, CaseFailure> {
 /// every access (offset, size, data) checked by the host.
 pub fn mmio(hv: &dyn Hypervisor, mode: Mode) -> Result<(), CaseFailure> {
     let dev = runner::new_dev();
-    let memory = if mode == Mode::Real { big_real_memory() } else { Vec::new() };
-    let setup = Setup { mmio: vec![(BASE, LEN, dev.clone())], memory, ..Setup::default() };
+    let setup = Setup { mmio: vec![(BASE, LEN, dev.clone())], ..Setup::default() };
     runner::run_to_pass(hv, &mmio_guest(mode)?.assemble()?, setup)?;
     compare_log("MMIO", &runner::log_of(&dev), &mmio_expected(mode))
 }

@@ -46,6 +46,7 @@ pub fn smp_guest(mode: Mode) -> Result<GuestAsm, CaseFailure> {
     let mut delay = g.a.create_label();
     let mut wait = g.a.create_label();
     let mut seen = g.a.create_label();
+    g.big_real_mode()?;
     g.load_base(LAPIC_BASE)?;
     g.a.mov(dword_ptr(g.at(APIC_SVR)), 0x1ff_u32)?;
     g.a.mov(dword_ptr(g.at(APIC_ICR_HIGH)), 1_u32 << 24)?;
