@@ -59,6 +59,10 @@ fn krypton_binary(args: &BenchArgs) -> Result<PathBuf> {
     Ok(root.join("target/release/krypton"))
 }
 
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "MISSED" }
+}
+
 fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 { format!("{:.2}x", a / b) } else { "n/a".into() }
 }
@@ -97,7 +101,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     for (v, st) in vmms.iter().zip(&s) {
         println!("  {:8} median {:7.1} ms   min {:7.1}   max {:7.1}", v.name(), st.median, st.min, st.max);
     }
-    println!("  krypton/qemu = {} (goal <= 0.50x)", ratio(s[0].median, s[1].median));
+    let met = s[0].median <= 0.5 * s[1].median;
+    println!("  krypton/qemu = {} (goal <= 0.50x: {})", ratio(s[0].median, s[1].median), verdict(met));
 
     let mut rates = [0.0f64; 2];
     println!("== PIO round trips (K={}, n={} each) ==", args.pio_count, args.pio_runs);
@@ -118,7 +123,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             Stats::of(&tk).median
         );
     }
-    println!("  krypton/qemu = {} (goal >= 1.00x)", ratio(rates[0], rates[1]));
+    let met = rates[0] >= rates[1];
+    println!("  krypton/qemu = {} (goal >= 1.00x: {})", ratio(rates[0], rates[1]), verdict(met));
 
     println!("== VMM memory overhead (idle guest, {} MiB RAM) ==", args.mem);
     let mut over = [None, None];
@@ -138,7 +144,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
     }
     if let (Some(k), Some(q)) = (over[0], over[1]) {
-        println!("  krypton/qemu = {} (goal: krypton <= 5 MiB: {})", ratio(k, q), if k <= 5.0 { "met" } else { "missed" });
+        println!("  krypton/qemu = {} (goal: krypton <= 5 MiB: {})", ratio(k, q), verdict(k <= 5.0));
     }
     Ok(())
 }
