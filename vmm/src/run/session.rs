@@ -308,7 +308,9 @@ where
                 return Ok(status.code());
             }
             Message::Error { message, .. } => return Err(RunError::Agent(message)),
-            other => log::debug!("ignoring {other:?}"),
+            other => {
+                krypton_devices::warn_ratelimited!("agent sent an unexpected message: {other:?}")
+            }
         }
     }
 }
