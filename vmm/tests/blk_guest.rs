@@ -6,13 +6,16 @@
 //! binary, kills it with SIGKILL right after the guest's FLUSH completed and
 //! checks the file. Every test skips (with the reason) without /dev/kvm.
 
+#[path = "blk_guest/code.rs"]
+mod code;
 #[path = "blk_guest/driver.rs"]
 mod driver;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use driver::{Mode, Plan, SECTORS, code, describe, pattern};
+use code::describe;
+use driver::{Mode, Plan, SECTORS, pattern};
 use krypton::hv::{Backend, Hypervisor};
 use krypton::machine::{Machine, MachineConfig, Outcome, SerialOut};
 use krypton_devices::virtio::blk::Block;

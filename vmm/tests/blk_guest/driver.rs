@@ -2,8 +2,9 @@
 //! iced-x86 for 64-bit long mode (entered through the ELF64 test-guest
 //! path, identity-mapped first 4 GiB). It follows the virtio 1.2 driver
 //! initialization sequence (§3.1.1) over virtio-mmio (§4.2.3), submits
-//! requests through split virtqueue 0 (§2.7) and polls the used ring. Every
-//! check has its own debug-exit code, so a failure names the check.
+//! requests through split virtqueue 0 (§2.7) and polls the used ring (one
+//! request also waits for the device's interrupt through the IOAPIC). Every
+//! check has its own debug-exit code (`code.rs`), so a failure names it.
 //!
 //! Requests are strictly sequential (one chain in flight, descriptors reused
 //! from index 0), so all ring indices and addresses are known when the code
@@ -13,6 +14,8 @@
 
 use iced_x86::IcedError;
 use iced_x86::code_asm::*;
+
+use crate::code;
 
 /// virtio-mmio window of the first virtio device.
 pub const MMIO: u64 = 0xd000_0000;
@@ -48,95 +51,6 @@ const SECTOR: u32 = 512;
 /// TSC ticks a bounded wait spins before giving up (3 to 5 s on common
 /// hosts; the host-side run timeout is longer).
 const WAIT_TICKS: u64 = 10_000_000_000;
-
-/// Debug-exit codes.
-pub mod code {
-    /// Every check passed.
-    pub const PASS: u32 = 0x600d;
-    /// MagicValue is not "virt".
-    pub const MAGIC: u32 = 0x10;
-    /// Version is not 2.
-    pub const VERSION: u32 = 0x11;
-    /// DeviceID is not 2 (block).
-    pub const DEVICE_ID: u32 = 0x12;
-    /// Status did not read 0 after the reset.
-    pub const RESET: u32 = 0x13;
-    /// Device feature word 1 lacks VIRTIO_F_VERSION_1.
-    pub const NO_VERSION_1: u32 = 0x14;
-    /// FEATURES_OK did not stick.
-    pub const FEATURES_OK: u32 = 0x15;
-    /// QueueNumMax of queue 0 is below [`super::QSIZE`].
-    pub const QUEUE_MAX: u32 = 0x16;
-    /// QueueReady of queue 0 was not 0 before setup.
-    pub const QUEUE_BUSY: u32 = 0x17;
-    /// QueueReady did not read back 1.
-    pub const QUEUE_READY: u32 = 0x18;
-    /// Status is not exactly ACK|DRIVER|FEATURES_OK|DRIVER_OK after DRIVER_OK.
-    pub const DRIVER_OK: u32 = 0x19;
-    /// Capacity in config space differs from the host's.
-    pub const CAPACITY: u32 = 0x1a;
-    /// VIRTIO_BLK_F_RO (feature bit 5) differs from the expectation.
-    pub const RO_FEATURE: u32 = 0x1b;
-    /// GET_ID returned a different serial.
-    pub const GET_ID: u32 = 0x1c;
-    /// InterruptStatus bit 0 was not set after a used buffer.
-    pub const ISR_SET: u32 = 0x20;
-    /// InterruptStatus bit 0 stayed set after InterruptACK.
-    pub const ISR_ACK: u32 = 0x21;
-    /// No interrupt arrived through the IOAPIC for a used buffer.
-    pub const IRQ_TIMEOUT: u32 = 0x22;
-    /// The interrupt handler saw InterruptStatus without bit 0.
-    pub const IRQ_ISR: u32 = 0x23;
-    /// Data read back (one multi-sector pass) differs from what was written.
-    pub const COMPARE: u32 = 0x30;
-    /// Data read back sector by sector (ring wrap-around) differs.
-    pub const COMPARE_SINGLE: u32 = 0x31;
-    /// Request k: the used ring did not advance (code | k).
-    pub const TIMEOUT: u32 = 0x1000;
-    /// Request k: wrong status byte (code | k).
-    pub const STATUS: u32 = 0x2000;
-    /// Request k: the used element names another head (code | k).
-    pub const USED_ID: u32 = 0x3000;
-    /// Request k: the used length is wrong (code | k).
-    pub const USED_LEN: u32 = 0x4000;
-    /// Request k: the device left the status byte untouched (code | k).
-    pub const NO_STATUS: u32 = 0x5000;
-}
-
-/// Describes a debug-exit code for assertion messages.
-pub fn describe(c: u32) -> String {
-    let k = c & 0xfff;
-    match c {
-        code::PASS => "pass".into(),
-        code::MAGIC => "bad MagicValue".into(),
-        code::VERSION => "Version is not 2".into(),
-        code::DEVICE_ID => "DeviceID is not 2".into(),
-        code::RESET => "status not 0 after reset".into(),
-        code::NO_VERSION_1 => "VIRTIO_F_VERSION_1 not offered".into(),
-        code::FEATURES_OK => "FEATURES_OK refused".into(),
-        code::QUEUE_MAX => "QueueNumMax too small".into(),
-        code::QUEUE_BUSY => "queue 0 ready before setup".into(),
-        code::QUEUE_READY => "QueueReady did not read back 1".into(),
-        code::DRIVER_OK => "status after DRIVER_OK is not 0xf".into(),
-        code::CAPACITY => "config capacity differs from the host's".into(),
-        code::RO_FEATURE => "VIRTIO_BLK_F_RO differs from the expectation".into(),
-        code::GET_ID => "GET_ID serial differs".into(),
-        code::ISR_SET => "InterruptStatus bit 0 not set after a used buffer".into(),
-        code::ISR_ACK => "InterruptStatus bit 0 not cleared by InterruptACK".into(),
-        code::IRQ_TIMEOUT => "no interrupt delivered for a used buffer".into(),
-        code::IRQ_ISR => "interrupt handler saw InterruptStatus without bit 0".into(),
-        code::COMPARE => "read-back data differs (multi-sector reads)".into(),
-        code::COMPARE_SINGLE => "read-back data differs (single-sector reads)".into(),
-        _ => match c & !0xfff {
-            code::TIMEOUT => format!("request {k}: used ring did not advance"),
-            code::STATUS => format!("request {k}: wrong status byte"),
-            code::USED_ID => format!("request {k}: used element has the wrong id"),
-            code::USED_LEN => format!("request {k}: used length is wrong"),
-            code::NO_STATUS => format!("request {k}: status byte not written"),
-            _ => format!("unknown code {c:#x}"),
-        },
-    }
-}
 
 /// What the guest does after initializing the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
