@@ -463,3 +463,22 @@ fn unaccepting_listener_refuses_after_timeout() {
         "refused only after the timeout"
     );
 }
+
+/// A host connection made just before the driver activates the device is
+/// served once it does.
+#[test]
+fn host_connection_before_activation() {
+    let rt = runtime();
+    let host = VsockHost::in_process().expect("host");
+    let h = host.clone();
+    let early = rt.spawn(async move { h.connect_in_process(77).await.map(|_| ()) });
+    std::thread::sleep(Duration::from_millis(200));
+    let mut g = Guest::new(Layout::Split, host, 3);
+    g.listening.insert(77);
+    assert!(
+        g.accept(77, T).is_some(),
+        "queued request delivered after activation"
+    );
+    assert!(g.run_until(T, |_| early.is_finished()));
+    assert!(rt.block_on(early).expect("task").is_ok());
+}

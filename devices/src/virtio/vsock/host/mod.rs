@@ -335,12 +335,24 @@ impl VsockHost {
 }
 
 fn push_request(inner: &Inner, req: HostRequest) {
-    inner
-        .pending
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .requests
-        .push_back(req);
+    {
+        let mut pending = inner.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        // Host programs cannot queue more than the device could ever accept.
+        pending.requests.retain(|r| {
+            let fresh = r.created.elapsed() <= CONNECT_TIMEOUT;
+            if !fresh {
+                r.io.close();
+            }
+            fresh
+        });
+        if pending.requests.len() >= super::MAX_CONNECTIONS {
+            drop(pending);
+            crate::warn_ratelimited!("vsock: too many pending host connections, refusing one");
+            req.io.close();
+            return;
+        }
+        pending.requests.push_back(req);
+    }
     wake(inner);
 }
 
