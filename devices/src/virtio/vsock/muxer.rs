@@ -404,8 +404,8 @@ impl Muxer {
                 break;
             };
             let head = chain.head_index();
-            let len = match packet::rx_capacity(mem, &chain) {
-                Ok(cap) => self.write_one(mem, chain, cap),
+            let len = match packet::rx_writer(mem, chain) {
+                Ok(mut w) => self.write_one(&mut w),
                 Err(e) => {
                     warn_ratelimited!("vsock: unusable RX buffer: {e}");
                     Ok(0)
@@ -440,15 +440,11 @@ impl Muxer {
         false
     }
 
-    /// Writes the next packet into `chain` (which holds `cap` bytes).
-    fn write_one(
-        &mut self,
-        mem: &GuestMem,
-        chain: virtio_queue::DescriptorChain<&GuestMem>,
-        cap: usize,
-    ) -> Result<u32, packet::PacketError> {
+    /// Writes the next packet through `w` (which has room for a header).
+    fn write_one(&mut self, w: &mut virtio_queue::Writer<'_>) -> Result<u32, packet::PacketError> {
+        let cap = w.available_bytes();
         if let Some(hdr) = self.ctrl.pop_front() {
-            return packet::write_rx(mem, chain, &hdr, &[], &[]);
+            return packet::write_rx(w, &hdr, &[], &[]);
         }
         while let Some(key) = self.ready.pop_front() {
             let cid = self.cid;
@@ -484,7 +480,7 @@ impl Muxer {
             };
             let (a, b) = st.to_guest.as_slices();
             let na = a.len().min(n);
-            let res = packet::write_rx(mem, chain, &hdr, &a[..na], &b[..n - na]);
+            let res = packet::write_rx(w, &hdr, &a[..na], &b[..n - na]);
             if res.is_ok() && n > 0 {
                 st.to_guest.drain(..n);
                 c.rx_cnt = c.rx_cnt.wrapping_add(n as u32);

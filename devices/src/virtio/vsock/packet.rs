@@ -8,7 +8,7 @@
 
 use std::io::{Read, Write};
 
-use virtio_queue::DescriptorChain;
+use virtio_queue::{DescriptorChain, Writer};
 use virtio_vsock::packet::{PKT_HEADER_SIZE, VsockPacket};
 
 use crate::GuestMem;
@@ -195,37 +195,27 @@ pub fn read_tx(
     Ok(hdr)
 }
 
-/// Device-writable bytes in an RX chain, or an error if it cannot hold a header.
-pub fn rx_capacity(
-    mem: &GuestMem,
-    chain: &DescriptorChain<&GuestMem>,
-) -> Result<usize, PacketError> {
-    let writer = chain
-        .clone()
-        .writer(mem)
-        .map_err(|_| PacketError::BadChain)?;
+/// A writer over an RX chain's device-writable bytes, or an error if they
+/// cannot hold a header.
+pub fn rx_writer<'m>(
+    mem: &'m GuestMem,
+    chain: DescriptorChain<&GuestMem>,
+) -> Result<Writer<'m>, PacketError> {
+    let writer = chain.writer(mem).map_err(|_| PacketError::BadChain)?;
     let cap = writer.available_bytes();
     if cap < HDR_LEN {
         return Err(PacketError::SmallRxBuffer(cap));
     }
-    Ok(cap)
+    Ok(writer)
 }
 
-/// Writes header and payload into an RX chain; returns the bytes written.
-/// The caller checked [`rx_capacity`]; `hdr.len` must equal the payload
-/// length (`a` then `b`, the two halves of a ring buffer).
-pub fn write_rx(
-    mem: &GuestMem,
-    chain: DescriptorChain<&GuestMem>,
-    hdr: &Hdr,
-    a: &[u8],
-    b: &[u8],
-) -> Result<u32, PacketError> {
-    let mut writer = chain.writer(mem).map_err(|_| PacketError::BadChain)?;
-    writer
-        .write_all(&hdr.encode())
+/// Writes header and payload (`a` then `b`, the two halves of a ring
+/// buffer) through an [`rx_writer`] that has room; returns the bytes
+/// written. `hdr.len` must equal the payload length.
+pub fn write_rx(w: &mut Writer<'_>, hdr: &Hdr, a: &[u8], b: &[u8]) -> Result<u32, PacketError> {
+    w.write_all(&hdr.encode())
         .map_err(|_| PacketError::BadChain)?;
-    writer.write_all(a).map_err(|_| PacketError::BadChain)?;
-    writer.write_all(b).map_err(|_| PacketError::BadChain)?;
-    u32::try_from(writer.bytes_written()).map_err(|_| PacketError::BadChain)
+    w.write_all(a).map_err(|_| PacketError::BadChain)?;
+    w.write_all(b).map_err(|_| PacketError::BadChain)?;
+    u32::try_from(w.bytes_written()).map_err(|_| PacketError::BadChain)
 }
