@@ -64,6 +64,7 @@ fn windows_steps() -> Vec<Step> {
                 if !setup::have("wine") {
                     return Ok(Verdict::Skipped("WARNING: wine is not installed; Windows unit tests did NOT run".into()));
                 }
+                prepare_wine()?;
                 run(cargo().args(["test", "--target", WINDOWS_TARGET, "--lib"]).args(&p2).envs(setup::wine_env()))
             }),
         },
@@ -73,6 +74,7 @@ fn windows_steps() -> Vec<Step> {
                 if !target_ok() || !setup::have("wine") {
                     return Ok(Verdict::Skipped("WARNING: Windows target or wine missing".into()));
                 }
+                prepare_wine()?;
                 cache::run(cargo().args(["build", "--target", WINDOWS_TARGET, "-p", "krypton"]))?;
                 let exe = target_dir().join(WINDOWS_TARGET).join("debug").join("krypton.exe");
                 let out = Command::new("wine").arg(&exe).arg("selftest").envs(setup::wine_env()).output()?;
@@ -86,6 +88,13 @@ fn windows_steps() -> Vec<Step> {
             }),
         },
     ]
+}
+
+/// Creates the private wine prefix with the bcryptprimitives.dll shim
+/// (`.ci/wine/setup.sh`; Debian's wine 8.0 lacks the DLL Rust std needs).
+fn prepare_wine() -> Result<()> {
+    let script = cache::workspace_root().join(".ci").join("wine").join("setup.sh");
+    cache::run(Command::new("sh").arg(script).envs(setup::wine_env()))
 }
 
 fn target_dir() -> PathBuf {
