@@ -132,6 +132,9 @@ impl Cgroups {
                 let mut mk =
                     |base: &Option<PathBuf>, what: &str, needed: bool| -> Result<Option<PathBuf>> {
                         match base {
+                            // v1 migration (memory in particular) is slow:
+                            // join only the controllers that carry a limit.
+                            Some(_) if !needed => Ok(None),
                             Some(b) => {
                                 let d = b.join(&name);
                                 fs::create_dir(&d)
