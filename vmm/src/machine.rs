@@ -336,19 +336,12 @@ impl Machine {
         let (tx, rx) = mpsc::channel::<(u8, VcpuStop)>();
         let mut threads = Vec::new();
         for (id, mut vcpu) in vcpus.into_iter().enumerate() {
-            let (ctx, stop, tx) = (ctx.clone(), stop.clone(), tx.clone());
+            let (ctx, stop, tx, mem) = (ctx.clone(), stop.clone(), tx.clone(), self.mem.clone());
             let t = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
                     let why = run_loop(vcpu.as_mut(), &ctx, &stop);
-                    if log::log_enabled!(log::Level::Debug)
-                        && let (Ok(r), Ok(s)) = (vcpu.regs(), vcpu.sregs())
-                    {
-                        log::debug!(
-                            "vCPU {id} stopped ({why:?}) at rip={:#x} rsp={:#x} rflags={:#x} cr0={:#x} cr3={:#x}",
-                            r.rip, r.rsp, r.rflags, s.cr0, s.cr3
-                        );
-                    }
+                    log_stop(vcpu.as_ref(), id, &why, &mem);
                     let _ = tx.send((id as u8, why));
                 })
                 .map_err(MachineError::Thread);
@@ -393,6 +386,30 @@ impl Machine {
         }
         outcome(self.exit.get(), stops)
     }
+}
+
+/// Logs where a vCPU stopped: at error level with the instruction bytes
+/// when it stopped on an exit the VMM cannot handle (the usual way to find
+/// which instruction a hypervisor's emulator refused), else at debug level.
+fn log_stop(vcpu: &dyn Vcpu, id: usize, why: &VcpuStop, mem: &GuestMem) {
+    let failed = matches!(why, VcpuStop::Unhandled(_) | VcpuStop::Error(_));
+    if !failed && !log::log_enabled!(log::Level::Debug) {
+        return;
+    }
+    let (Ok(r), Ok(s)) = (vcpu.regs(), vcpu.sregs()) else { return };
+    let mut insn = [0u8; 15];
+    let fetched = vcpu
+        .translate_gva(s.cs.base.wrapping_add(r.rip), false)
+        .ok()
+        .flatten()
+        .is_some_and(|gpa| vm_memory::Bytes::read_slice(mem, &mut insn, GuestAddress(gpa)).is_ok());
+    let bytes = if fetched { format!("{insn:02x?}") } else { "unavailable".into() };
+    let level = if failed { log::Level::Error } else { log::Level::Debug };
+    log::log!(
+        level,
+        "vCPU {id} stopped ({why:?}) at rip={:#x} cs.base={:#x} rsp={:#x} rflags={:#x} cr0={:#x} cr3={:#x} efer={:#x}; bytes at rip: {bytes}",
+        r.rip, s.cs.base, r.rsp, r.rflags, s.cr0, s.cr3, s.efer
+    );
 }
 
 /// Decides the run's outcome: a guest exit request wins, then the first
