@@ -2,6 +2,7 @@
 //! kernel, initramfs and rootfs images, the test and benchmark drivers.
 
 mod bench;
+mod bench_agent;
 mod cache;
 mod cpio;
 mod fuzz;
@@ -34,12 +35,30 @@ enum Task {
     Bench(bench::BenchArgs),
 }
 
+/// Every benchmark, each against its peer or floor measured in the same
+/// run: the VMM against QEMU microvm, virtio-blk against raw pread,
+/// vsock against raw Unix sockets, the agent's exec round trip against
+/// a local fork+exec.
+fn bench_all(args: &bench::BenchArgs) -> Result<()> {
+    bench::run(args)?;
+    for example in ["blk_bench", "vsock_bench"] {
+        eprintln!("\n== {example} ==");
+        cache::run(
+            std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+                .current_dir(cache::workspace_root())
+                .args(["run", "--quiet", "--release", "-p", "krypton-devices", "--example", example]),
+        )?;
+    }
+    eprintln!("\n== agent exec round trip ==");
+    bench_agent::run()
+}
+
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Run => setup::run_main_job(),
         Task::Test => test::run_all(),
         Task::Kernel(args) => kernel::build(&args).map(|_| ()),
         Task::Images => images::build_all().map(|_| ()),
-        Task::Bench(args) => bench::run(&args),
+        Task::Bench(args) => bench_all(&args),
     }
 }
