@@ -305,6 +305,11 @@ impl Vcpu for WhpVcpu {
                     names.push(name);
                     values.push(RegValue::u64(value));
                 }
+                // IA32_MISC_ENABLE (fast strings) is the hypervisor's to
+                // report; anything else a loader asks for is worth a warning.
+                None if index == 0x1a0 => {
+                    log::debug!("WHP: IA32_MISC_ENABLE is not settable; skipped")
+                }
                 None => log::warn!("WHP: MSR {index:#x} has no WHP register; not set"),
             }
         }
