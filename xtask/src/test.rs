@@ -65,7 +65,9 @@ fn windows_steps() -> Vec<Step> {
                     return Ok(Verdict::Skipped("WARNING: wine is not installed; Windows unit tests did NOT run".into()));
                 }
                 prepare_wine()?;
-                run(cargo().args(["test", "--target", WINDOWS_TARGET, "--lib"]).args(&p2).envs(setup::wine_env()))
+                cache::run(cargo().args(["test", "--target", WINDOWS_TARGET, "--lib"]).args(&p2).envs(setup::wine_env()))?;
+                // The platform-neutral emulator's own test files too.
+                run(cargo().args(["test", "--target", WINDOWS_TARGET, "-p", "krypton", "--test", "emulator_*"]).envs(setup::wine_env()))
             }),
         },
         Step {
