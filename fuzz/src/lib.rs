@@ -1,9 +1,10 @@
 //! The virtio-blk request path under fuzzing, shared by the libFuzzer target
 //! (`fuzz_targets/fuzz_blk_request.rs`) and the smoke runner (`blk_smoke`).
 //!
-//! Input layout: byte 0 picks the queue size (1..=256), byte 1 bit 0 turns
+//! Input layout: byte 0 picks the queue size (1..=16), byte 1 bit 0 turns
 //! EVENT_IDX on, the rest is copied to guest address 0. The descriptor table
-//! is at 0x0000, the available ring at 0x1000, the used ring at 0x2000.
+//! is at 0x000, the available ring at 0x100, the used ring at 0x180, so a
+//! few hundred bytes of input already describe whole requests.
 //! Guest memory is two adjacent regions (so buffers can straddle regions)
 //! and a third region past a hole (so buffers can fall into it).
 
@@ -20,11 +21,11 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 /// Descriptor table address.
 pub const DESC: u64 = 0x0000;
 /// Available ring address.
-pub const AVAIL: u64 = 0x1000;
+pub const AVAIL: u64 = 0x100;
 /// Used ring address.
-pub const USED: u64 = 0x2000;
+pub const USED: u64 = 0x180;
 /// First byte of the "data" area the generator points buffers at.
-pub const DATA: u64 = 0x3000;
+pub const DATA: u64 = 0x300;
 /// Size of each of the two adjacent low regions.
 pub const REGION: u64 = 0x4_0000;
 /// Start of the region after the hole.
@@ -79,8 +80,8 @@ pub fn run_blk(data: &[u8]) -> usize {
     let image = data.get(2..).unwrap_or(&[]);
     let image = &image[..image.len().min(2 * REGION as usize)];
     mem.write_slice(image, GuestAddress(0)).expect("image fits");
-    let size = 1u16 << (size_sel % 9);
-    let mut q = Queue::new(256).expect("queue");
+    let size = 1u16 << (size_sel % 5);
+    let mut q = Queue::new(16).expect("queue");
     q.set_size(size);
     q.set_desc_table_address(Some(DESC as u32), Some(0));
     q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
@@ -121,8 +122,8 @@ impl Prng {
 /// A structured input: mostly plausible request chains (so the fuzzer and
 /// the smoke runner get past ring parsing), then random corruption.
 pub fn generate(rng: &mut Prng) -> Vec<u8> {
-    let mut img = vec![0u8; (DATA + 0x4000) as usize];
-    let size_sel = 4 + rng.below(5) as u8; // 16..=256
+    let mut img = vec![0u8; (DATA + 0x800) as usize];
+    let size_sel = 2 + rng.below(3) as u8; // 4..=16
     let size = 1u64 << size_sel;
     let chains = 1 + rng.below(size.min(16));
     let mut next_desc = 0u64;
@@ -149,7 +150,7 @@ pub fn generate(rng: &mut Prng) -> Vec<u8> {
                     1 => HIGH + rng.below(HIGH_LEN), // near the region after the hole
                     2 => 2 * REGION + rng.below(0x1000), // in the hole
                     3 => rng.next_u64(),
-                    _ => DATA + 0x1000 + rng.below(0x2000),
+                    _ => DATA + 0x200 + rng.below(0x600),
                 };
                 let len = match rng.below(4) {
                     0 => 1,
