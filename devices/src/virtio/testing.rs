@@ -126,6 +126,11 @@ impl Ring {
         mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2)).expect("avail idx");
     }
 
+    /// The driver's current avail index.
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx
+    }
+
     /// Sets the avail ring's raw index (for malicious tests).
     pub fn set_avail_idx(&mut self, mem: &GuestMem, idx: u16) {
         self.avail_idx = idx;
