@@ -50,6 +50,7 @@ const REMOTE_IRR_BIT: u64 = 1 << 14;
 const TRIGGER_LEVEL_BIT: u64 = 1 << 15;
 const MASK_BIT: u64 = 1 << 16;
 const DEST_SHIFT: u64 = 56;
+const EXT_DEST_SHIFT: u64 = 49;
 /// Bits the guest may write (everything but delivery status and remote IRR).
 const WRITABLE_BITS: u64 = !(DELIVERY_STATUS_BIT | REMOTE_IRR_BIT);
 /// Lowest-priority delivery mode.
@@ -85,6 +86,9 @@ impl RedirEntry {
         if dest_mode_logical {
             address |= 1 << 2;
         }
+        // Extended destination ID (KVM_FEATURE_MSI_EXT_DEST_ID): RTE bits
+        // 55:49 carry APIC ID bits 14:8, MSI address bits 11:5.
+        address |= ((self.0 >> EXT_DEST_SHIFT) & 0x7f) << 5;
         if delivery_mode == DELIVERY_LOWEST_PRIORITY {
             // Redirection hint: lowest priority may pick any target.
             address |= 1 << 3;

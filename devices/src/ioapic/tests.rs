@@ -194,3 +194,20 @@ fn ioapic_pin_line_drives_the_shared_ioapic() {
     bad.pulse();
     assert!(rec.take().is_empty());
 }
+
+#[test]
+fn extended_destination_id_bits_reach_the_msi_address() {
+    let (rec, mut io) = setup();
+    // APIC ID 0x1_23: bits 7:0 in 63:56, bits 14:8 in 55:49.
+    write_reg(
+        &mut io,
+        REG_REDTBL_BASE + 2 * 6 + 1,
+        (0x23 << 24) | (0x01 << 17),
+    );
+    write_reg(&mut io, REG_REDTBL_BASE + 2 * 6, 0x41);
+    io.set_irq(6, true);
+    assert_eq!(
+        rec.take()[0].address,
+        0xfee0_0000 | (0x23 << 12) | (0x01 << 5)
+    );
+}
