@@ -83,6 +83,26 @@ pub fn kernel_dir(variant: &str) -> Result<PathBuf> {
     Ok(PathBuf::from(dir))
 }
 
+/// The initramfs built by `cargo xtask images` (static agent as /init);
+/// `$KRYPTON_INITRAMFS` overrides.
+pub fn initramfs() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("KRYPTON_INITRAMFS") {
+        return Ok(PathBuf::from(p));
+    }
+    let out = Command::new(cargo())
+        .current_dir(workspace_root())
+        .args(["xtask", "images"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo xtask images")?;
+    if !out.status.success() {
+        bail!("cargo xtask images failed: {}", out.status);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let path = text.lines().find_map(|l| l.strip_prefix("initramfs=")).map(PathBuf::from);
+    path.filter(|p| p.is_file()).with_context(|| format!("cargo xtask images printed {text:?}, no initramfs"))
+}
+
 /// The switches of `guest/kernel/pvm-test.cmdline`, joined by spaces.
 pub fn pvm_test_cmdline() -> Result<String> {
     let path = workspace_root().join("guest/kernel/pvm-test.cmdline");
