@@ -19,7 +19,11 @@ fn cargo() -> std::ffi::OsString {
 
 /// Why this host cannot run the test, if it cannot.
 pub fn kvm_unavailable() -> Option<String> {
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         Ok(_) => None,
         Err(e) => Some(format!("/dev/kvm is not usable: {e}")),
     }
@@ -32,7 +36,9 @@ pub fn host_is_pvm() -> bool {
         return true;
     }
     std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| {
-        !c.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+        !c.lines()
+            .filter(|l| l.starts_with("flags"))
+            .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
     })
 }
 
@@ -51,7 +57,9 @@ pub fn krypton_bin() -> Result<PathBuf> {
     if !status.success() {
         bail!("cargo build -p krypton failed: {status}");
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
     let bin = target.join("debug").join("krypton");
     if !bin.is_file() {
         bail!("{} missing after cargo build", bin.display());
@@ -73,7 +81,10 @@ pub fn kernel_dir(variant: &str) -> Result<PathBuf> {
         .output()
         .context("running cargo xtask kernel")?;
     if !out.status.success() {
-        bail!("cargo xtask kernel --variant {variant} failed: {}", out.status);
+        bail!(
+            "cargo xtask kernel --variant {variant} failed: {}",
+            out.status
+        );
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let dir = text.lines().last().map(str::trim).unwrap_or_default();
@@ -99,24 +110,39 @@ pub fn initramfs() -> Result<PathBuf> {
         bail!("cargo xtask images failed: {}", out.status);
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let path = text.lines().find_map(|l| l.strip_prefix("initramfs=")).map(PathBuf::from);
-    path.filter(|p| p.is_file()).with_context(|| format!("cargo xtask images printed {text:?}, no initramfs"))
+    let path = text
+        .lines()
+        .find_map(|l| l.strip_prefix("initramfs="))
+        .map(PathBuf::from);
+    path.filter(|p| p.is_file())
+        .with_context(|| format!("cargo xtask images printed {text:?}, no initramfs"))
 }
 
 /// The switches of `guest/kernel/pvm-test.cmdline`, joined by spaces.
 pub fn pvm_test_cmdline() -> Result<String> {
     let path = workspace_root().join("guest/kernel/pvm-test.cmdline");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect::<Vec<_>>().join(" "))
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join(" "))
 }
 
 /// `guest/kernel/pvm-test.cpuid` as `krypton boot --hide-cpuid` values
 /// (`LEAF:SUBLEAF:REG:BIT`).
 pub fn pvm_test_cpuid_hides() -> Result<Vec<String>> {
     let path = workspace_root().join("guest/kernel/pvm-test.cpuid");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         let f: Vec<&str> = line.split_whitespace().collect();
         let [leaf, sub, reg, bit, _name] = f.as_slice() else {
             bail!("{}: bad line {line:?}", path.display());
@@ -140,7 +166,10 @@ pub fn scratch_dir(name: &str) -> Result<PathBuf> {
 pub fn make_ext4_disk(dir: &Path) -> Result<PathBuf> {
     let content = dir.join("disk-root");
     std::fs::create_dir_all(content.join("etc"))?;
-    std::fs::write(content.join("etc/krypton-test-marker"), b"kernel boot test\n")?;
+    std::fs::write(
+        content.join("etc/krypton-test-marker"),
+        b"kernel boot test\n",
+    )?;
     let image = dir.join("disk.ext4");
     let status = Command::new("mkfs.ext4")
         .args(["-q", "-F", "-L", "krypton-test", "-d"])
@@ -166,7 +195,11 @@ pub enum RunEnd {
 
 /// Runs `cmd` with stdout/stderr to `log`, killing it after `deadline`.
 /// Returns how it ended and the elapsed wall time.
-pub fn run_with_deadline(cmd: &mut Command, log: &Path, deadline: Duration) -> Result<(RunEnd, Duration)> {
+pub fn run_with_deadline(
+    cmd: &mut Command,
+    log: &Path,
+    deadline: Duration,
+) -> Result<(RunEnd, Duration)> {
     let file = std::fs::File::create(log)?;
     let started = Instant::now();
     let mut child = cmd

@@ -30,7 +30,11 @@ static ONE_BOOT: Mutex<()> = Mutex::new(());
 
 /// vCPUs: 2 unless `KRYPTON_BOOT_CPUS` says otherwise (for diagnosis).
 fn cpus() -> u32 {
-    std::env::var("KRYPTON_BOOT_CPUS").ok().and_then(|v| v.parse().ok()).filter(|n| *n >= 1).unwrap_or(2)
+    std::env::var("KRYPTON_BOOT_CPUS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n >= 1)
+        .unwrap_or(2)
 }
 const MEM_MIB: u32 = 256;
 
@@ -48,24 +52,57 @@ fn expected_lines(cmdline: &str, cpus: u32) -> Vec<(&'static str, String)> {
     vec![
         ("kernel banner", s("Linux version 6.1")),
         ("our exact command line", format!("Command line: {cmdline}")),
-        ("e820: low RAM below the EBDA", s("BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable")),
-        ("e820: EBDA (MP table) to 1 MiB reserved", s("BIOS-e820: [mem 0x000000000009fc00-0x00000000000fffff] reserved")),
-        ("e820: RAM from 1 MiB to the end of 256 MiB", s("BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable")),
+        (
+            "e820: low RAM below the EBDA",
+            s("BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable"),
+        ),
+        (
+            "e820: EBDA (MP table) to 1 MiB reserved",
+            s("BIOS-e820: [mem 0x000000000009fc00-0x00000000000fffff] reserved"),
+        ),
+        (
+            "e820: RAM from 1 MiB to the end of 256 MiB",
+            s("BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable"),
+        ),
         ("MP table found", s("found SMP MP-table at")),
         ("IOAPIC from the MP table", s("IOAPIC[0]: apic_id")),
         ("IOAPIC at its address", s("address 0xfec00000, GSI 0-23")),
         ("kvm-clock", s("kvm-clock: Using msrs")),
         ("TSC-deadline timer", s("TSC deadline timer available")),
-        ("clock source chosen", s("clocksource: Switched to clocksource")),
-        ("all CPUs up", format!("smp: Brought up 1 node, {cpus} CPU{}", if cpus == 1 { "" } else { "s" })),
-        ("all CPUs activated", format!("smpboot: Total of {cpus} processors activated")),
+        (
+            "clock source chosen",
+            s("clocksource: Switched to clocksource"),
+        ),
+        (
+            "all CPUs up",
+            format!(
+                "smp: Brought up 1 node, {cpus} CPU{}",
+                if cpus == 1 { "" } else { "s" }
+            ),
+        ),
+        (
+            "all CPUs activated",
+            format!("smpboot: Total of {cpus} processors activated"),
+        ),
         ("serial console", s("ttyS0 at I/O 0x3f8")),
         ("virtio-blk probed", s("virtio_blk virtio")),
         ("virtio-blk is vda", s("[vda]")),
-        ("vsock family", s("NET: Registered PF_VSOCK protocol family")),
-        ("CRNG seeded (by virtio-rng, see ORDERED)", s("random: crng init done")),
-        ("root mounted from virtio-blk", s("EXT4-fs (vda): mounted filesystem")),
-        ("VFS root", s("VFS: Mounted root (ext4 filesystem) readonly")),
+        (
+            "vsock family",
+            s("NET: Registered PF_VSOCK protocol family"),
+        ),
+        (
+            "CRNG seeded (by virtio-rng, see ORDERED)",
+            s("random: crng init done"),
+        ),
+        (
+            "root mounted from virtio-blk",
+            s("EXT4-fs (vda): mounted filesystem"),
+        ),
+        (
+            "VFS root",
+            s("VFS: Mounted root (ext4 filesystem) readonly"),
+        ),
         ("end of kernel boot", s("No working init found")),
     ]
 }
@@ -76,8 +113,16 @@ fn expected_lines(cmdline: &str, cpus: u32) -> Vec<(&'static str, String)> {
 /// seeded at all before the kernel panics, so "crng init done" in this
 /// window is virtio-rng's doing.
 const ORDERED: &[(&str, &str, &str)] = &[
-    ("virtio-mmio: Registering device", "random: crng init done", "the CRNG is seeded once virtio-rng has probed"),
-    ("random: crng init done", "EXT4-fs (vda): mounted filesystem", "virtio-rng (quality 1000) seeds it before the mount"),
+    (
+        "virtio-mmio: Registering device",
+        "random: crng init done",
+        "the CRNG is seeded once virtio-rng has probed",
+    ),
+    (
+        "random: crng init done",
+        "EXT4-fs (vda): mounted filesystem",
+        "virtio-rng (quality 1000) seeds it before the mount",
+    ),
 ];
 
 fn boot_and_check(name: &str, kernel_file: &str, extra_args: &[&str]) {
@@ -95,13 +140,23 @@ fn boot_and_check(name: &str, kernel_file: &str, extra_args: &[&str]) {
     let vmm_log = scratch.join("krypton.log");
     let cmdline = test_cmdline().expect("cmdline");
     let cpus = cpus();
-    let timeout = std::env::var("KRYPTON_BOOT_TIMEOUT").ok().and_then(|v| v.parse().ok()).unwrap_or(240);
+    let timeout = std::env::var("KRYPTON_BOOT_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(240);
 
     let mut cmd = Command::new(&krypton);
     cmd.arg("boot")
         .arg("--kernel")
         .arg(&kernel)
-        .args(["--cpus", &cpus.to_string(), "--mem", &MEM_MIB.to_string(), "--cmdline", &cmdline])
+        .args([
+            "--cpus",
+            &cpus.to_string(),
+            "--mem",
+            &MEM_MIB.to_string(),
+            "--cmdline",
+            &cmdline,
+        ])
         .arg("--serial")
         .arg(&serial)
         .arg("--disk")
@@ -110,11 +165,18 @@ fn boot_and_check(name: &str, kernel_file: &str, extra_args: &[&str]) {
     for hide in helpers::pvm_test_cpuid_hides().expect("pvm-test.cpuid") {
         cmd.args(["--hide-cpuid", &hide]);
     }
-    eprintln!("kernel_boot/{name}: {cmd:?} (pvm host: {})", helpers::host_is_pvm());
-    let (end, took) =
-        helpers::run_with_deadline(&mut cmd, &vmm_log, Duration::from_secs(timeout)).expect("running krypton");
+    eprintln!(
+        "kernel_boot/{name}: {cmd:?} (pvm host: {})",
+        helpers::host_is_pvm()
+    );
+    let (end, took) = helpers::run_with_deadline(&mut cmd, &vmm_log, Duration::from_secs(timeout))
+        .expect("running krypton");
     let log = std::fs::read_to_string(&serial).unwrap_or_default();
-    eprintln!("kernel_boot/{name}: {end:?} after {:.1} s wall; serial log {} bytes", took.as_secs_f64(), log.len());
+    eprintln!(
+        "kernel_boot/{name}: {end:?} after {:.1} s wall; serial log {} bytes",
+        took.as_secs_f64(),
+        log.len()
+    );
     report_timings(name, &log);
 
     let mut failures = Vec::new();
@@ -125,7 +187,9 @@ fn boot_and_check(name: &str, kernel_file: &str, extra_args: &[&str]) {
     }
     let e820 = log.lines().filter(|l| l.contains("BIOS-e820: ")).count();
     if e820 != 3 {
-        failures.push(format!("expected exactly 3 e820 entries, the log has {e820}"));
+        failures.push(format!(
+            "expected exactly 3 e820 entries, the log has {e820}"
+        ));
     }
     for (first, second, why) in ORDERED {
         if let (Some(a), Some(b)) = (log.find(first), log.find(second))
@@ -139,9 +203,9 @@ fn boot_and_check(name: &str, kernel_file: &str, extra_args: &[&str]) {
         RunEnd::Exited(status) if status.code() == Some(i32::from(GUEST_PANIC)) => {
             eprintln!("kernel_boot/{name}: krypton reported the guest panic ({status})")
         }
-        RunEnd::Exited(status) => {
-            failures.push(format!("krypton exited with {status}, expected {GUEST_PANIC} (guest panic)"))
-        }
+        RunEnd::Exited(status) => failures.push(format!(
+            "krypton exited with {status}, expected {GUEST_PANIC} (guest panic)"
+        )),
     }
     if !failures.is_empty() {
         let vmm = std::fs::read_to_string(&vmm_log).unwrap_or_default();
@@ -159,7 +223,13 @@ fn boot_and_check(name: &str, kernel_file: &str, extra_args: &[&str]) {
 
 /// Prints guest timestamps of milestones (guest time runs ~11% slow here).
 fn report_timings(name: &str, log: &str) {
-    for needle in ["Linux version", "smpboot: Total of", "virtio_blk virtio", "EXT4-fs (vda): mounted", "No working init"] {
+    for needle in [
+        "Linux version",
+        "smpboot: Total of",
+        "virtio_blk virtio",
+        "EXT4-fs (vda): mounted",
+        "No working init",
+    ] {
         if let Some((Some(t), _)) = helpers::find_line(log, needle) {
             eprintln!("kernel_boot/{name}: [{t:>10.3}] {needle}");
         }
@@ -193,7 +263,10 @@ fn cmdline_file_is_well_formed() {
     assert!(!line.contains('\n') && !line.contains("  "));
     let hides = helpers::pvm_test_cpuid_hides().expect("read pvm-test.cpuid");
     for needed in ["0x1:0:ecx:13", "0x7:0:edx:29"] {
-        assert!(hides.iter().any(|h| h == needed), "{needed} missing from {hides:?}");
+        assert!(
+            hides.iter().any(|h| h == needed),
+            "{needed} missing from {hides:?}"
+        );
     }
     assert!(hides.iter().all(|h| h.split(':').count() == 4), "{hides:?}");
 }
@@ -211,36 +284,68 @@ fn initramfs_unpacks_and_starts_init() {
         return;
     }
     if !helpers::host_is_pvm() {
-        eprintln!("kernel_boot/initramfs: skipped: the agent runs here; the e2e suite covers this boot");
+        eprintln!(
+            "kernel_boot/initramfs: skipped: the agent runs here; the e2e suite covers this boot"
+        );
         return;
     }
     let krypton = helpers::krypton_bin().expect("building krypton");
-    let kernel = helpers::kernel_dir("pvm-test").expect("building the pvm-test kernel").join("vmlinux");
+    let kernel = helpers::kernel_dir("pvm-test")
+        .expect("building the pvm-test kernel")
+        .join("vmlinux");
     let initramfs = helpers::initramfs().expect("building the initramfs");
     let scratch = helpers::scratch_dir("kernel-boot-initramfs").expect("scratch dir");
     let serial = scratch.join("serial.log");
-    let cmdline = format!("console=ttyS0 reboot=k panic=-1 {}", helpers::pvm_test_cmdline().expect("cmdline"));
+    let cmdline = format!(
+        "console=ttyS0 reboot=k panic=-1 {}",
+        helpers::pvm_test_cmdline().expect("cmdline")
+    );
     let mut cmd = Command::new(&krypton);
-    cmd.arg("boot").arg("--kernel").arg(&kernel).arg("--initrd").arg(&initramfs);
-    cmd.args(["--mem", &MEM_MIB.to_string(), "--cmdline", &cmdline]).arg("--serial").arg(&serial);
+    cmd.arg("boot")
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--initrd")
+        .arg(&initramfs);
+    cmd.args(["--mem", &MEM_MIB.to_string(), "--cmdline", &cmdline])
+        .arg("--serial")
+        .arg(&serial);
     for hide in helpers::pvm_test_cpuid_hides().expect("pvm-test.cpuid") {
         cmd.args(["--hide-cpuid", &hide]);
     }
-    let (end, took) = helpers::run_with_deadline(&mut cmd, &scratch.join("krypton.log"), Duration::from_secs(240))
-        .expect("running krypton");
+    let (end, took) = helpers::run_with_deadline(
+        &mut cmd,
+        &scratch.join("krypton.log"),
+        Duration::from_secs(240),
+    )
+    .expect("running krypton");
     let log = std::fs::read_to_string(&serial).unwrap_or_default();
-    eprintln!("kernel_boot/initramfs: {end:?} after {:.1} s wall", took.as_secs_f64());
+    eprintln!(
+        "kernel_boot/initramfs: {end:?} after {:.1} s wall",
+        took.as_secs_f64()
+    );
     // The kernel frees the whole pages the initrd occupied.
-    let size_kib = std::fs::metadata(&initramfs).expect("initramfs size").len().div_ceil(4096) * 4;
+    let size_kib = std::fs::metadata(&initramfs)
+        .expect("initramfs size")
+        .len()
+        .div_ceil(4096)
+        * 4;
     for needle in [
         "Unpacking initramfs...".to_string(),
         format!("Freeing initrd memory: {size_kib}K"),
         "Run /init as init process".to_string(),
         "Kernel panic - not syncing: Attempted to kill init!".to_string(),
     ] {
-        assert!(log.contains(&needle), "missing {needle:?}\n--- serial log (tail) ---\n{}", tail(&log, 40));
+        assert!(
+            log.contains(&needle),
+            "missing {needle:?}\n--- serial log (tail) ---\n{}",
+            tail(&log, 40)
+        );
     }
-    assert!(!log.contains("Initramfs unpacking failed"), "{}", tail(&log, 40));
+    assert!(
+        !log.contains("Initramfs unpacking failed"),
+        "{}",
+        tail(&log, 40)
+    );
     assert!(
         matches!(end, RunEnd::Exited(s) if s.code() == Some(i32::from(GUEST_PANIC))),
         "expected the guest-panic status, got {end:?}"

@@ -52,7 +52,10 @@ impl InputHash {
     /// Adds a file's contents under its file name.
     pub fn add_file(&mut self, path: &Path) -> Result<&mut Self> {
         let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         Ok(self.add(&name, &data))
     }
 
@@ -81,7 +84,10 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 /// Runs a command and returns its stdout (trimmed).
 pub fn output(cmd: &mut Command) -> Result<String> {
     let shown = format!("{cmd:?}");
-    let out = cmd.stderr(Stdio::inherit()).output().with_context(|| format!("starting {shown}"))?;
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("starting {shown}"))?;
     if !out.status.success() {
         bail!("{shown} failed: {}", out.status);
     }
@@ -90,16 +96,23 @@ pub fn output(cmd: &mut Command) -> Result<String> {
 
 /// Whether we run as root (needed for apt-get).
 pub fn is_root() -> bool {
-    output(Command::new("id").arg("-u")).map(|s| s == "0").unwrap_or(false)
+    output(Command::new("id").arg("-u"))
+        .map(|s| s == "0")
+        .unwrap_or(false)
 }
 
 /// Installs Debian packages with apt-get when running as root, otherwise
 /// fails with the command the user should run.
 pub fn apt_install(packages: &[&str]) -> Result<()> {
     if !is_root() {
-        bail!("missing packages; run as root: apt-get install -y {}", packages.join(" "));
+        bail!(
+            "missing packages; run as root: apt-get install -y {}",
+            packages.join(" ")
+        );
     }
-    run(Command::new("apt-get").args(["install", "-y"]).args(packages))
+    run(Command::new("apt-get")
+        .args(["install", "-y"])
+        .args(packages))
 }
 
 /// Moves a finished staging directory into place (atomic rename), replacing
@@ -115,6 +128,9 @@ pub fn publish(staging: &Path, dest: &Path) -> Result<()> {
 /// Points `link` at `target` (a relative symlink inside the cache).
 pub fn update_link(link: &Path, target: &Path) -> Result<()> {
     let _ = std::fs::remove_file(link);
-    let rel = target.file_name().map(PathBuf::from).unwrap_or_else(|| target.to_path_buf());
+    let rel = target
+        .file_name()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target.to_path_buf());
     std::os::unix::fs::symlink(&rel, link).with_context(|| format!("linking {}", link.display()))
 }

@@ -23,7 +23,11 @@ pub struct CpioWriter<W: Write> {
 impl<W: Write> CpioWriter<W> {
     /// Starts an archive.
     pub fn new(out: W) -> Self {
-        Self { out, written: 0, next_ino: 1 }
+        Self {
+            out,
+            written: 0,
+            next_ino: 1,
+        }
     }
 
     fn put(&mut self, data: &[u8]) -> io::Result<()> {
@@ -42,12 +46,18 @@ impl<W: Write> CpioWriter<W> {
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "cpio member over 4 GiB"))?;
         let name_len = u32::try_from(name.len() + 1)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "cpio name too long"))?;
-        let ino = if name == "TRAILER!!!" { 0 } else { self.next_ino };
+        let ino = if name == "TRAILER!!!" {
+            0
+        } else {
+            self.next_ino
+        };
         self.next_ino += 1;
         let nlink = if mode & 0o170_000 == S_IFDIR { 2 } else { 1 };
         // magic, ino, mode, uid, gid, nlink, mtime, filesize, devmajor,
         // devminor, rdevmajor, rdevminor, namesize, check
-        let fields = [ino, mode, 0, 0, nlink, 0, size, 0, 0, rdev.0, rdev.1, name_len, 0];
+        let fields = [
+            ino, mode, 0, 0, nlink, 0, size, 0, 0, rdev.0, rdev.1, name_len, 0,
+        ];
         let mut header = String::from("070701");
         for f in fields {
             header.push_str(&format!("{f:08x}"));
@@ -120,14 +130,29 @@ mod tests {
             eprintln!("skipped: GNU cpio not installed");
             return;
         };
-        child.stdin.take().expect("stdin").write_all(&buf).expect("feed");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(&buf)
+            .expect("feed");
         let out = child.wait_with_output().expect("cpio");
         assert!(out.status.success());
         let list = String::from_utf8_lossy(&out.stdout);
         let lines: Vec<&str> = list.lines().collect();
         assert_eq!(lines.len(), 3, "{list}");
-        assert!(lines[0].starts_with("drwxr-xr-x") && lines[0].ends_with(" dev"), "{list}");
-        assert!(lines[1].starts_with("crw-------") && lines[1].contains("5,") && lines[1].ends_with("dev/console"));
-        assert!(lines[2].starts_with("-rwxr-xr-x") && lines[2].ends_with(" init"), "{list}");
+        assert!(
+            lines[0].starts_with("drwxr-xr-x") && lines[0].ends_with(" dev"),
+            "{list}"
+        );
+        assert!(
+            lines[1].starts_with("crw-------")
+                && lines[1].contains("5,")
+                && lines[1].ends_with("dev/console")
+        );
+        assert!(
+            lines[2].starts_with("-rwxr-xr-x") && lines[2].ends_with(" init"),
+            "{list}"
+        );
     }
 }

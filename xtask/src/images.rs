@@ -20,8 +20,10 @@ const ROOTFS_SIZE: &str = "32M";
 /// Mount points the agent and the kernel need in the initramfs.
 const INITRAMFS_DIRS: &[&str] = &["dev", "proc", "sys", "tmp", "run", "mnt", "etc"];
 /// Mount points and standard directories in the (read-only) rootfs.
-const ROOTFS_DIRS: &[&str] =
-    &["bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "etc", "root", "home", "var/tmp", "mnt"];
+const ROOTFS_DIRS: &[&str] = &[
+    "bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "etc", "root",
+    "home", "var/tmp", "mnt",
+];
 
 /// Paths of the built images.
 #[derive(Debug)]
@@ -39,7 +41,10 @@ pub fn build_all() -> Result<PathBuf> {
     let dir = cache::root()?.join("images");
     std::fs::create_dir_all(&dir)?;
     let agent = build_agent()?;
-    let images = Images { initramfs: build_initramfs(&dir, &agent)?, rootfs: build_rootfs(&dir)? };
+    let images = Images {
+        initramfs: build_initramfs(&dir, &agent)?,
+        rootfs: build_rootfs(&dir)?,
+    };
     println!("initramfs={}", images.initramfs.display());
     println!("rootfs={}", images.rootfs.display());
     Ok(dir)
@@ -53,14 +58,32 @@ fn build_agent() -> Result<PathBuf> {
     cache::run(
         Command::new(cargo)
             .current_dir(&root)
-            .args(["build", "--release", "-p", "krypton-agent", "--target", AGENT_TARGET])
-            .env("RUSTFLAGS", "-C target-feature=+crt-static -C strip=debuginfo"),
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "krypton-agent",
+                "--target",
+                AGENT_TARGET,
+            ])
+            .env(
+                "RUSTFLAGS",
+                "-C target-feature=+crt-static -C strip=debuginfo",
+            ),
     )?;
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-    let bin = target_dir.join(AGENT_TARGET).join("release").join("krypton-agent");
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target_dir
+        .join(AGENT_TARGET)
+        .join("release")
+        .join("krypton-agent");
     let elf = std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
     if has_interpreter(&elf)? {
-        bail!("{} is dynamically linked (has PT_INTERP); it must be static to run as /init", bin.display());
+        bail!(
+            "{} is dynamically linked (has PT_INTERP); it must be static to run as /init",
+            bin.display()
+        );
     }
     Ok(bin)
 }
@@ -68,8 +91,15 @@ fn build_agent() -> Result<PathBuf> {
 /// Whether a 64-bit little-endian ELF has a PT_INTERP program header.
 pub fn has_interpreter(elf: &[u8]) -> Result<bool> {
     let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-    let u64_at = |o: usize| elf.get(o..o + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+    let u32_at = |o: usize| {
+        elf.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
     if elf.get(..5) != Some(b"\x7fELF\x02") {
         bail!("not a 64-bit ELF file");
     }
@@ -89,7 +119,8 @@ pub fn has_interpreter(elf: &[u8]) -> Result<bool> {
 fn build_initramfs(dir: &Path, agent: &Path) -> Result<PathBuf> {
     let agent_bytes = std::fs::read(agent)?;
     let mut hash = InputHash::new();
-    hash.add("recipe", RECIPE_VERSION.as_bytes()).add("agent", &agent_bytes);
+    hash.add("recipe", RECIPE_VERSION.as_bytes())
+        .add("agent", &agent_bytes);
     let out = dir.join(format!("initramfs-{}.cpio", hash.hex()));
     if !out.is_file() {
         let mut w = CpioWriter::new(Vec::with_capacity(agent_bytes.len() + 4096));
@@ -102,7 +133,11 @@ fn build_initramfs(dir: &Path, agent: &Path) -> Result<PathBuf> {
         w.char_dev("dev/null", 0o666, 1, 3)?;
         w.file("init", 0o755, &agent_bytes)?;
         write_atomic(&out, &w.finish()?)?;
-        eprintln!("initramfs: wrote {} ({} bytes)", out.display(), std::fs::metadata(&out)?.len());
+        eprintln!(
+            "initramfs: wrote {} ({} bytes)",
+            out.display(),
+            std::fs::metadata(&out)?.len()
+        );
     } else {
         eprintln!("initramfs: cached");
     }
@@ -121,7 +156,9 @@ fn build_rootfs(dir: &Path) -> Result<PathBuf> {
         bail!("{BUSYBOX} is not static; install busybox-static");
     }
     let mut hash = InputHash::new();
-    hash.add("recipe", RECIPE_VERSION.as_bytes()).add("busybox", &busybox).add("size", ROOTFS_SIZE.as_bytes());
+    hash.add("recipe", RECIPE_VERSION.as_bytes())
+        .add("busybox", &busybox)
+        .add("size", ROOTFS_SIZE.as_bytes());
     for (name, text) in ETC_FILES {
         hash.add(name, text.as_bytes());
     }
@@ -143,7 +180,9 @@ fn build_rootfs(dir: &Path) -> Result<PathBuf> {
 /// Removes older images of one kind (every agent edit makes a new
 /// initramfs); failures only cost disk space.
 fn prune(dir: &Path, prefix: &str, keep: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let path = e.path();
         if path != keep && e.file_name().to_string_lossy().starts_with(prefix) {
@@ -154,7 +193,10 @@ fn prune(dir: &Path, prefix: &str, keep: &Path) {
 
 /// Minimal /etc for the default rootfs.
 const ETC_FILES: &[(&str, &str)] = &[
-    ("passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"),
+    (
+        "passwd",
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    ),
     ("group", "root:x:0:\nnogroup:x:65534:\n"),
     ("hostname", "krypton\n"),
     ("hosts", "127.0.0.1\tlocalhost\n"),
@@ -178,7 +220,11 @@ fn stage_rootfs(root: &Path, busybox: &[u8]) -> Result<()> {
     std::fs::set_permissions(&bb, std::fs::Permissions::from_mode(0o755))?;
     let applets = cache::output(Command::new(BUSYBOX).arg("--list-full"))?;
     let mut count = 0;
-    for rel in applets.lines().map(str::trim).filter(|l| !l.is_empty() && !l.contains("..")) {
+    for rel in applets
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.contains(".."))
+    {
         let link = root.join(rel);
         if link.exists() {
             continue;
@@ -203,14 +249,24 @@ fn stage_rootfs(root: &Path, busybox: &[u8]) -> Result<()> {
 fn make_ext4(staging: &Path, out: &Path) -> Result<()> {
     let tmp = out.with_extension("ext4.tmp");
     let _ = std::fs::remove_file(&tmp);
-    let mkfs = ["/sbin/mkfs.ext4", "/usr/sbin/mkfs.ext4"].into_iter().find(|p| Path::new(p).exists());
+    let mkfs = ["/sbin/mkfs.ext4", "/usr/sbin/mkfs.ext4"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
     let Some(mkfs) = mkfs else {
         cache::apt_install(&["e2fsprogs"])?;
         return make_ext4(staging, out);
     };
     cache::run(
         Command::new(mkfs)
-            .args(["-q", "-F", "-L", "krypton-root", "-E", "root_owner=0:0", "-d"])
+            .args([
+                "-q",
+                "-F",
+                "-L",
+                "krypton-root",
+                "-E",
+                "root_owner=0:0",
+                "-d",
+            ])
             .arg(staging)
             .arg(&tmp)
             .arg(ROOTFS_SIZE),

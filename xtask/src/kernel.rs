@@ -19,7 +19,14 @@ const SOURCE_TARBALL: &str = "/usr/src/linux-source-6.1.tar.xz";
 const SOURCE_PACKAGE: &str = "linux-source-6.1";
 const SOURCE_DIR: &str = "linux-source-6.1";
 /// Everything the build needs besides a C toolchain (lz4: KERNEL_LZ4).
-const BUILD_PACKAGES: &[&str] = &["linux-source-6.1", "bc", "bison", "flex", "libelf-dev", "lz4"];
+const BUILD_PACKAGES: &[&str] = &[
+    "linux-source-6.1",
+    "bc",
+    "bison",
+    "flex",
+    "libelf-dev",
+    "lz4",
+];
 /// Bump when the recipe below changes in a way that changes the output.
 const RECIPE_VERSION: &str = "1";
 
@@ -84,7 +91,9 @@ pub fn build(args: &KernelArgs) -> Result<PathBuf> {
     let patches = variant.patches(&kdir)?;
 
     let mut tree_hash = InputHash::new();
-    tree_hash.add("recipe", RECIPE_VERSION.as_bytes()).add("source", source_version.as_bytes());
+    tree_hash
+        .add("recipe", RECIPE_VERSION.as_bytes())
+        .add("source", source_version.as_bytes());
     for p in &patches {
         tree_hash.add_file(p)?;
     }
@@ -97,9 +106,13 @@ pub fn build(args: &KernelArgs) -> Result<PathBuf> {
     let kcache = cache::root()?.join("kernel");
     let out = kcache.join(format!("{}-{}", variant.name(), hash.hex()));
     let latest = kcache.join(format!("{}-latest", variant.name()));
-    if ["vmlinux", "bzImage", "config"].iter().all(|f| out.join(f).is_file()) {
+    if ["vmlinux", "bzImage", "config"]
+        .iter()
+        .all(|f| out.join(f).is_file())
+    {
         eprintln!("kernel {}: cached", variant.name());
         cache::update_link(&latest, &out)?;
+        prune_old(&kcache, variant, &out);
         print_artifacts(&out);
         return Ok(out);
     }
@@ -108,19 +121,58 @@ pub fn build(args: &KernelArgs) -> Result<PathBuf> {
     let work = kcache.join(format!("work-{}", variant.name()));
     let tree = prepare_tree(&work, &tree_hash, &patches)?;
     configure(&tree, &fragments)?;
-    let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    cache::run(Command::new("make").current_dir(&tree).arg(format!("-j{jobs}")).args(["vmlinux", "bzImage"]))?;
+    let jobs = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    cache::run(
+        Command::new("make")
+            .current_dir(&tree)
+            .arg(format!("-j{jobs}"))
+            .args(["vmlinux", "bzImage"]),
+    )?;
 
-    let staging = kcache.join(format!(".staging-{}-{}", variant.name(), std::process::id()));
+    let staging = kcache.join(format!(
+        ".staging-{}-{}",
+        variant.name(),
+        std::process::id()
+    ));
     std::fs::create_dir_all(&staging)?;
-    for (from, to) in [("vmlinux", "vmlinux"), ("arch/x86/boot/bzImage", "bzImage"), (".config", "config")] {
-        std::fs::copy(tree.join(from), staging.join(to)).with_context(|| format!("copying {from}"))?;
+    for (from, to) in [
+        ("vmlinux", "vmlinux"),
+        ("arch/x86/boot/bzImage", "bzImage"),
+        (".config", "config"),
+    ] {
+        std::fs::copy(tree.join(from), staging.join(to))
+            .with_context(|| format!("copying {from}"))?;
     }
     cache::publish(&staging, &out)?;
     cache::update_link(&latest, &out)?;
-    eprintln!("kernel {}: built in {:.0?}", variant.name(), started.elapsed());
+    prune_old(&kcache, variant, &out);
+    eprintln!(
+        "kernel {}: built in {:.0?}",
+        variant.name(),
+        started.elapsed()
+    );
     print_artifacts(&out);
     Ok(out)
+}
+
+/// Removes this variant's older artifact directories (~20 MB each); the
+/// build tree and `<variant>-latest` stay. Failures only cost disk space.
+fn prune_old(kcache: &Path, variant: Variant, keep: &Path) {
+    let prefix = format!("{}-", variant.name());
+    let Ok(entries) = std::fs::read_dir(kcache) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_artifact = name
+            .strip_prefix(&prefix)
+            .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+        if is_artifact && e.path() != keep {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 #[allow(clippy::print_stdout)] // the artifact path is this task's output
@@ -149,9 +201,12 @@ fn ensure_source() -> Result<()> {
 /// The source package version (e.g. 6.1.192-2) plus the tarball size, so a
 /// replaced tarball invalidates the cache even without dpkg.
 fn source_version() -> Result<String> {
-    let pkg = cache::output(Command::new("dpkg-query").args(["-W", "-f", "${Version}", SOURCE_PACKAGE]))
-        .unwrap_or_else(|_| "unknown".into());
-    let size = std::fs::metadata(SOURCE_TARBALL).context("stat kernel tarball")?.len();
+    let pkg =
+        cache::output(Command::new("dpkg-query").args(["-W", "-f", "${Version}", SOURCE_PACKAGE]))
+            .unwrap_or_else(|_| "unknown".into());
+    let size = std::fs::metadata(SOURCE_TARBALL)
+        .context("stat kernel tarball")?
+        .len();
     Ok(format!("{SOURCE_PACKAGE} {pkg} {size}"))
 }
 
@@ -169,11 +224,20 @@ fn prepare_tree(work: &Path, tree_hash: &InputHash, patches: &[PathBuf]) -> Resu
         std::fs::remove_dir_all(work).with_context(|| format!("removing {}", work.display()))?;
     }
     std::fs::create_dir_all(work)?;
-    cache::run(Command::new("tar").current_dir(work).args(["xf", SOURCE_TARBALL]))?;
+    cache::run(
+        Command::new("tar")
+            .current_dir(work)
+            .args(["xf", SOURCE_TARBALL]),
+    )?;
     for p in patches {
         let file = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
-        cache::run(Command::new("patch").current_dir(&tree).args(["-p1", "--forward", "--batch"]).stdin(file))
-            .with_context(|| format!("applying {}", p.display()))?;
+        cache::run(
+            Command::new("patch")
+                .current_dir(&tree)
+                .args(["-p1", "--forward", "--batch"])
+                .stdin(file),
+        )
+        .with_context(|| format!("applying {}", p.display()))?;
     }
     std::fs::write(&stamp, want)?;
     Ok(tree)
@@ -184,19 +248,27 @@ fn prepare_tree(work: &Path, tree_hash: &InputHash, patches: &[PathBuf]) -> Resu
 fn configure(tree: &Path, fragments: &[PathBuf]) -> Result<()> {
     cache::run(Command::new("make").current_dir(tree).arg("tinyconfig"))?;
     cache::run(
-        Command::new("scripts/kconfig/merge_config.sh").current_dir(tree).args(["-m", ".config"]).args(fragments),
+        Command::new("scripts/kconfig/merge_config.sh")
+            .current_dir(tree)
+            .args(["-m", ".config"])
+            .args(fragments),
     )?;
     cache::run(Command::new("make").current_dir(tree).arg("olddefconfig"))?;
 
     let mut requested = BTreeMap::new();
     for f in fragments {
-        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
         requested.extend(parse_config(&text));
     }
     let actual = parse_config(&std::fs::read_to_string(tree.join(".config"))?);
     let dropped = check_config(&requested, &actual);
     if !dropped.is_empty() {
-        bail!("Kconfig dropped {} requested option(s):\n  {}", dropped.len(), dropped.join("\n  "));
+        bail!(
+            "Kconfig dropped {} requested option(s):\n  {}",
+            dropped.len(),
+            dropped.join("\n  ")
+        );
     }
     eprintln!("config: all {} requested options set", requested.len());
     Ok(())
@@ -206,7 +278,10 @@ fn configure(tree: &Path, fragments: &[PathBuf]) -> Result<()> {
 pub fn parse_config(text: &str) -> BTreeMap<String, Option<String>> {
     let mut map = BTreeMap::new();
     for line in text.lines().map(str::trim) {
-        if let Some(rest) = line.strip_prefix("# ").and_then(|l| l.strip_suffix(" is not set")) {
+        if let Some(rest) = line
+            .strip_prefix("# ")
+            .and_then(|l| l.strip_suffix(" is not set"))
+        {
             if rest.starts_with("CONFIG_") && !rest.contains(' ') {
                 map.insert(rest.to_string(), None);
             }
@@ -243,7 +318,9 @@ mod tests {
 
     #[test]
     fn parse_and_check() {
-        let req = parse_config("# c\nCONFIG_A=y\n# CONFIG_B is not set\nCONFIG_N=16\n# CONFIG_GONE is not set\n");
+        let req = parse_config(
+            "# c\nCONFIG_A=y\n# CONFIG_B is not set\nCONFIG_N=16\n# CONFIG_GONE is not set\n",
+        );
         assert_eq!(req.len(), 4);
         let ok = parse_config("CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_N=16\n");
         assert!(check_config(&req, &ok).is_empty());
@@ -251,17 +328,23 @@ mod tests {
         let dropped = check_config(&req, &bad);
         assert_eq!(
             dropped,
-            vec!["CONFIG_A: wanted y, got not set", "CONFIG_B: wanted not set, got y", "CONFIG_N: wanted 16, got 8"]
+            vec![
+                "CONFIG_A: wanted y, got not set",
+                "CONFIG_B: wanted not set, got y",
+                "CONFIG_N: wanted 16, got 8"
+            ]
         );
     }
 
     #[test]
     fn fragments_in_repo_parse() {
         let kdir = cache::workspace_root().join("guest/kernel");
-        let product = parse_config(&std::fs::read_to_string(kdir.join("krypton.config")).expect("fragment"));
+        let product =
+            parse_config(&std::fs::read_to_string(kdir.join("krypton.config")).expect("fragment"));
         assert_eq!(product.get("CONFIG_PVH"), Some(&Some("y".into())));
         assert_eq!(product.get("CONFIG_MODULES"), Some(&None));
-        let test = parse_config(&std::fs::read_to_string(kdir.join("pvm-test.config")).expect("fragment"));
+        let test =
+            parse_config(&std::fs::read_to_string(kdir.join("pvm-test.config")).expect("fragment"));
         assert_eq!(test.get("CONFIG_PTP_1588_CLOCK_KVM"), Some(&None));
         assert!(Variant::Product.patches(&kdir).expect("patches").is_empty());
         assert_eq!(Variant::PvmTest.patches(&kdir).expect("patches").len(), 2);
