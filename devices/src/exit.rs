@@ -29,7 +29,9 @@ pub struct ExitSignal {
 
 impl std::fmt::Debug for ExitSignal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExitSignal").field("reason", &self.get()).finish_non_exhaustive()
+        f.debug_struct("ExitSignal")
+            .field("reason", &self.get())
+            .finish_non_exhaustive()
     }
 }
 
@@ -54,7 +56,12 @@ impl ExitSignal {
             }
             *reason = Some(exit);
         }
-        if let Some(w) = self.waker.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+        if let Some(w) = self
+            .waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
             w();
         }
     }

@@ -23,12 +23,18 @@ pub struct RateLimit {
 impl RateLimit {
     /// A limiter with nothing logged yet.
     pub const fn new() -> Self {
-        Self { window: AtomicU64::new(0), count: AtomicU64::new(0), dropped: AtomicU64::new(0) }
+        Self {
+            window: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        }
     }
 
     /// Returns `Some(dropped_since_last)` if this message may be logged.
     pub fn check(&self) -> Option<u64> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let window = now / WINDOW_SECS;
         if self.window.swap(window, Ordering::Relaxed) != window {
             self.count.store(0, Ordering::Relaxed);

@@ -26,7 +26,9 @@ fn unsupported() -> Option<String> {
         return Some(why);
     }
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let hw = cpuinfo.lines().any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")));
+    let hw = cpuinfo
+        .lines()
+        .any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")));
     if !hw || kernel_helpers::host_is_pvm() {
         return Some(
             "this host has no hardware virtualization (no vmx/svm; /dev/kvm is kvm_pvm): \
@@ -52,8 +54,15 @@ fn krypton() -> Result<PathBuf> {
 
 fn run(args: &[&str], stdin: Option<&[u8]>) -> Result<Output> {
     let mut cmd = Command::new(krypton()?);
-    cmd.arg("run").args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.arg("run")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     let mut child = cmd.spawn().context("spawning krypton run")?;
     if let Some(input) = stdin {
         let mut s = child.stdin.take().context("stdin")?;
@@ -73,17 +82,25 @@ fn exit_codes_are_the_commands_own() -> Result<()> {
     assert_eq!(code(&run(&["--", "sh", "-c", "exit 3"], None)?), Some(3));
     assert_eq!(code(&run(&["--", "/no/such/command"], None)?), Some(127));
     assert_eq!(code(&run(&["--", "/etc/passwd"], None)?), Some(126));
-    assert_eq!(code(&run(&["--", "sh", "-c", "kill -TERM $$"], None)?), Some(143));
+    assert_eq!(
+        code(&run(&["--", "sh", "-c", "kill -TERM $$"], None)?),
+        Some(143)
+    );
     Ok(())
 }
 
 #[test]
 fn stdout_stderr_and_stdin_are_streamed() -> Result<()> {
     require_e2e!();
-    let o = run(&["--", "sh", "-c", "echo out; echo err >&2; uname -s"], None)?;
+    let o = run(
+        &["--", "sh", "-c", "echo out; echo err >&2; uname -s"],
+        None,
+    )?;
     assert_eq!(String::from_utf8_lossy(&o.stdout), "out\nLinux\n");
     assert_eq!(String::from_utf8_lossy(&o.stderr), "err\n");
-    let input: Vec<u8> = (0..200_000u32).flat_map(|i| format!("{i}\n").into_bytes()).collect();
+    let input: Vec<u8> = (0..200_000u32)
+        .flat_map(|i| format!("{i}\n").into_bytes())
+        .collect();
     let o = run(&["-i", "--", "wc", "-l"], Some(&input))?;
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "200000");
     Ok(())
@@ -146,7 +163,19 @@ fn cpio_with_init(init: &[u8]) -> Vec<u8> {
     fn entry(out: &mut Vec<u8>, name: &str, mode: u32, data: &[u8]) {
         let hdr = format!(
             "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
-            1, mode, 0, 0, 1, 0, data.len(), 0, 0, 0, 0, name.len() + 1, 0
+            1,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len(),
+            0,
+            0,
+            0,
+            0,
+            name.len() + 1,
+            0
         );
         out.extend_from_slice(hdr.as_bytes());
         out.extend_from_slice(name.as_bytes());
@@ -171,7 +200,17 @@ fn a_guest_kernel_panic_is_reported_with_status_120() -> Result<()> {
     let dir = kernel_helpers::scratch_dir("e2e-panic")?;
     let initrd = dir.join("exit-init.cpio");
     std::fs::write(&initrd, cpio_with_init(&exiting_init()))?;
-    let o = run(&["--initrd", initrd.to_str().context("utf8")?, "--timeout", "120", "--", "true"], None)?;
+    let o = run(
+        &[
+            "--initrd",
+            initrd.to_str().context("utf8")?,
+            "--timeout",
+            "120",
+            "--",
+            "true",
+        ],
+        None,
+    )?;
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(code(&o), Some(120), "{stderr}");
     assert!(stderr.contains("panicked"), "{stderr}");

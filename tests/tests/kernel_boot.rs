@@ -146,7 +146,7 @@ fn boot_and_check(name: &str, kernel_file: &str, extra_args: &[&str]) {
         .unwrap_or(240);
 
     let mut cmd = Command::new(&krypton);
-    cmd.arg("boot")
+    cmd.args(["--log-level", "info", "boot"])
         .arg("--kernel")
         .arg(&kernel)
         .args([
@@ -190,6 +190,17 @@ fn boot_and_check(name: &str, kernel_file: &str, extra_args: &[&str]) {
         failures.push(format!(
             "expected exactly 3 e820 entries, the log has {e820}"
         ));
+    }
+    // Linux's own drivers set DRIVER_OK on our devices; the VMM logs the
+    // first activation of each (the kernel prints nothing for vsock/rng).
+    let vmm = std::fs::read_to_string(&vmm_log).unwrap_or_default();
+    for (ty, driver) in [(2, "virtio_blk"), (4, "virtio_rng"), (19, "virtio_vsock")] {
+        let needle = format!("virtio-mmio: device type {ty} activated by the guest driver");
+        if !vmm.contains(&needle) {
+            failures.push(format!(
+                "{driver} did not activate our device (no {needle:?} in the VMM log)"
+            ));
+        }
     }
     for (first, second, why) in ORDERED {
         if let (Some(a), Some(b)) = (log.find(first), log.find(second))
@@ -301,7 +312,7 @@ fn initramfs_unpacks_and_starts_init() {
         helpers::pvm_test_cmdline().expect("cmdline")
     );
     let mut cmd = Command::new(&krypton);
-    cmd.arg("boot")
+    cmd.args(["--log-level", "info", "boot"])
         .arg("--kernel")
         .arg(&kernel)
         .arg("--initrd")

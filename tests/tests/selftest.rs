@@ -21,7 +21,9 @@ fn run_case(name: &str) {
     }
     let hv = krypton::hv::new(krypton::hv::Backend::host_default()).expect("open KVM");
     let report = selftest::run_all(hv.as_ref(), Some(name));
-    let case = report.case(name).unwrap_or_else(|| panic!("case {name} did not run:\n{report}"));
+    let case = report
+        .case(name)
+        .unwrap_or_else(|| panic!("case {name} did not run:\n{report}"));
     match &case.status {
         Status::Pass => {}
         Status::Skip(why) => eprintln!("{name} skipped: {why}"),
@@ -115,7 +117,9 @@ fn table(stdout: &str) -> Vec<(String, String)> {
             let mut f = l.split_whitespace();
             let tag = f.next()?;
             let name = f.next()?;
-            ["PASS", "FAIL", "SKIP"].contains(&tag).then(|| (tag.to_string(), name.to_string()))
+            ["PASS", "FAIL", "SKIP"]
+                .contains(&tag)
+                .then(|| (tag.to_string(), name.to_string()))
         })
         .collect()
 }
@@ -126,20 +130,37 @@ fn krypton_selftest_binary_passes() -> anyhow::Result<()> {
         eprintln!("skipped: {why}");
         return Ok(());
     }
-    let out = Command::new(helpers::krypton_bin()?).arg("selftest").output()?;
+    let out = Command::new(helpers::krypton_bin()?)
+        .arg("selftest")
+        .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     let rows = table(&stdout);
     let names: Vec<String> = rows.iter().map(|(_, n)| n.clone()).collect();
     assert_eq!(names, selftest::case_names(), "one line per case, in order");
     let count = |t: &str| rows.iter().filter(|(tag, _)| tag == t).count();
-    let summary = format!("{} passed, {} failed, {} skipped", count("PASS"), count("FAIL"), count("SKIP"));
+    let summary = format!(
+        "{} passed, {} failed, {} skipped",
+        count("PASS"),
+        count("FAIL"),
+        count("SKIP")
+    );
     assert_eq!(stdout.lines().last(), Some(summary.as_str()));
     assert_eq!(count("FAIL"), 0, "failed cases");
     assert_eq!(out.status.code(), Some(0));
     // Every mode can at least be entered and do port I/O.
-    for case in ["entry-real", "entry-prot", "entry-long", "pio-real", "pio-prot", "pio-long"] {
-        assert!(rows.contains(&("PASS".into(), case.into())), "{case} must pass");
+    for case in [
+        "entry-real",
+        "entry-prot",
+        "entry-long",
+        "pio-real",
+        "pio-prot",
+        "pio-long",
+    ] {
+        assert!(
+            rows.contains(&("PASS".into(), case.into())),
+            "{case} must pass"
+        );
     }
     Ok(())
 }
@@ -150,10 +171,20 @@ fn krypton_selftest_filter_runs_only_matching_cases() -> anyhow::Result<()> {
         eprintln!("skipped: {why}");
         return Ok(());
     }
-    let out = Command::new(helpers::krypton_bin()?).args(["selftest", "--filter", "serial-input"]).output()?;
+    let out = Command::new(helpers::krypton_bin()?)
+        .args(["selftest", "--filter", "serial-input"])
+        .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let names: Vec<String> = table(&stdout).into_iter().map(|(_, n)| n).collect();
-    assert_eq!(names, ["serial-input-real", "serial-input-prot", "serial-input-long"], "{stdout}");
+    assert_eq!(
+        names,
+        [
+            "serial-input-real",
+            "serial-input-prot",
+            "serial-input-long"
+        ],
+        "{stdout}"
+    );
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     Ok(())
 }

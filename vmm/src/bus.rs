@@ -49,20 +49,29 @@ pub struct Bus {
 impl std::fmt::Debug for Bus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ranges: Vec<_> = self.ranges.iter().map(|(b, e)| (*b, e.len)).collect();
-        f.debug_struct("Bus").field("kind", &self.kind).field("ranges", &ranges).finish()
+        f.debug_struct("Bus")
+            .field("kind", &self.kind)
+            .field("ranges", &ranges)
+            .finish()
     }
 }
 
 impl Bus {
     /// An empty bus; `kind` names it in messages ("port", "MMIO").
     pub fn new(kind: &'static str) -> Self {
-        Bus { kind, ranges: BTreeMap::new() }
+        Bus {
+            kind,
+            ranges: BTreeMap::new(),
+        }
     }
 
     /// Registers `dev` for `[base, base + len)`.
     pub fn insert(&mut self, base: u64, len: u64, dev: SharedDevice) -> Result<(), BusError> {
         let kind = self.kind;
-        let end = base.checked_add(len).filter(|_| len > 0).ok_or(BusError::BadRange { kind, base, len })?;
+        let end = base
+            .checked_add(len)
+            .filter(|_| len > 0)
+            .ok_or(BusError::BadRange { kind, base, len })?;
         let before = self.ranges.range(..end).next_back();
         if before.is_some_and(|(b, e)| b + e.len > base) {
             return Err(BusError::Overlap { kind, base, len });
@@ -80,10 +89,18 @@ impl Bus {
     /// (an absent device on a real bus) and are logged, rate-limited.
     pub fn read(&self, addr: u64, data: &mut [u8]) {
         match self.find(addr) {
-            Some((offset, e)) => e.dev.lock().unwrap_or_else(PoisonError::into_inner).read(offset, data),
+            Some((offset, e)) => e
+                .dev
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .read(offset, data),
             None => {
                 data.fill(0xff);
-                warn_ratelimited!("unclaimed {} read at {addr:#x} ({} bytes)", self.kind, data.len());
+                warn_ratelimited!(
+                    "unclaimed {} read at {addr:#x} ({} bytes)",
+                    self.kind,
+                    data.len()
+                );
             }
         }
     }
@@ -91,7 +108,11 @@ impl Bus {
     /// Writes `data` at `addr`. Unclaimed writes are dropped and logged.
     pub fn write(&self, addr: u64, data: &[u8]) {
         match self.find(addr) {
-            Some((offset, e)) => e.dev.lock().unwrap_or_else(PoisonError::into_inner).write(offset, data),
+            Some((offset, e)) => e
+                .dev
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .write(offset, data),
             None => {
                 warn_ratelimited!("unclaimed {} write at {addr:#x}: {data:02x?}", self.kind);
             }
@@ -148,11 +169,24 @@ mod tests {
         let mut bus = Bus::new("MMIO");
         let d = || -> SharedDevice { Arc::new(Mutex::new(Recorder::default())) };
         bus.insert(0x1000, 0x1000, d()).expect("first");
-        assert!(matches!(bus.insert(0x1800, 0x1000, d()), Err(BusError::Overlap { .. })));
-        assert!(matches!(bus.insert(0x0800, 0x1000, d()), Err(BusError::Overlap { .. })));
-        assert!(matches!(bus.insert(0x3000, 0, d()), Err(BusError::BadRange { .. })));
-        assert!(matches!(bus.insert(u64::MAX, 2, d()), Err(BusError::BadRange { .. })));
+        assert!(matches!(
+            bus.insert(0x1800, 0x1000, d()),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(0x0800, 0x1000, d()),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(0x3000, 0, d()),
+            Err(BusError::BadRange { .. })
+        ));
+        assert!(matches!(
+            bus.insert(u64::MAX, 2, d()),
+            Err(BusError::BadRange { .. })
+        ));
         bus.insert(0x2000, 0x10, d()).expect("adjacent is fine");
-        bus.insert(0x0, 0x1000, d()).expect("adjacent below is fine");
+        bus.insert(0x0, 0x1000, d())
+            .expect("adjacent below is fine");
     }
 }

@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use krypton_boot::cmdline::VirtioMmioDevice;
 use krypton_boot::cpu::CpuState;
 use krypton_boot::layout;
 use krypton_devices::GuestMem;
@@ -21,7 +22,6 @@ use krypton_devices::ioapic::{Ioapic, ioapic_pin};
 use krypton_devices::serial::{PanicWatch, Serial};
 use krypton_devices::virtio::VirtioDevice;
 use krypton_devices::virtio::mmio::MmioTransport;
-use krypton_boot::cmdline::VirtioMmioDevice;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::bus::{Bus, BusError};
@@ -168,7 +168,11 @@ pub const MAX_VIRTIO_DEVICES: usize = (layout::IOAPIC_PINS - layout::VIRTIO_IRQ_
 
 impl std::fmt::Debug for Machine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Machine").field("cpus", &self.cpus).field("pio", &self.pio).field("mmio", &self.mmio).finish_non_exhaustive()
+        f.debug_struct("Machine")
+            .field("cpus", &self.cpus)
+            .field("pio", &self.pio)
+            .field("mmio", &self.mmio)
+            .finish_non_exhaustive()
     }
 }
 
@@ -191,7 +195,10 @@ fn serial_writer(out: SerialOut) -> Result<Box<dyn Write + Send>, MachineError> 
         SerialOut::Stdout => Box::new(std::io::LineWriter::new(std::io::stdout())),
         SerialOut::Null => Box::new(std::io::sink()),
         SerialOut::File(path) => {
-            let f = std::fs::OpenOptions::new().create(true).append(true).open(&path);
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path);
             let f = f.map_err(|source| MachineError::SerialFile { path, source })?;
             Box::new(std::io::LineWriter::new(f))
         }
@@ -202,40 +209,75 @@ fn serial_writer(out: SerialOut) -> Result<Box<dyn Write + Send>, MachineError> 
 impl Machine {
     /// Creates the VM, its RAM and the platform devices.
     pub fn new(hv: &dyn Hypervisor, cfg: MachineConfig) -> Result<Machine, MachineError> {
-        if !MEM_MIB_RANGE.contains(&cfg.mem_mib) || host_ram_mib().is_some_and(|h| cfg.mem_mib > h) {
+        if !MEM_MIB_RANGE.contains(&cfg.mem_mib) || host_ram_mib().is_some_and(|h| cfg.mem_mib > h)
+        {
             return Err(MachineError::MemSize(cfg.mem_mib));
         }
         if cfg.cpus == 0 || cfg.cpus > MAX_CPUS {
             return Err(MachineError::CpuCount(cfg.cpus));
         }
-        let vm = hv.create_vm(&VmConfig { cpus: cfg.cpus, hide_cpuid: cfg.hide_cpuid })?;
+        let vm = hv.create_vm(&VmConfig {
+            cpus: cfg.cpus,
+            hide_cpuid: cfg.hide_cpuid,
+        })?;
         let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(cfg.mem_mib << 20)
             .into_iter()
             .map(|(start, size)| (GuestAddress(start), size as usize))
             .collect();
-        let mem = GuestMem::from_ranges(&ranges)
-            .map_err(|source| MachineError::Memory { mib: cfg.mem_mib, source })?;
+        let mem = GuestMem::from_ranges(&ranges).map_err(|source| MachineError::Memory {
+            mib: cfg.mem_mib,
+            source,
+        })?;
         for (slot, region) in mem.iter().enumerate() {
             let host = region.as_ptr();
             // SAFETY: `mem` owns the mapping and is kept in the Machine (and
             // cloned into every device) for as long as the VM exists.
-            unsafe { vm.map_memory(slot as u32, region.start_addr().0, host, region.len() as usize)? };
+            unsafe {
+                vm.map_memory(
+                    slot as u32,
+                    region.start_addr().0,
+                    host,
+                    region.len() as usize,
+                )?
+            };
         }
 
         let exit = Arc::new(ExitSignal::new());
         let sink: Arc<dyn krypton_devices::interrupt::MsiSink> = vm.clone();
         let ioapic = Arc::new(Mutex::new(Ioapic::new(sink)));
         let out = PanicWatch::new(serial_writer(cfg.serial)?, exit.clone());
-        let serial = Arc::new(Mutex::new(Serial::new(ioapic_pin(&ioapic, layout::COM1_IRQ), Box::new(out))));
+        let serial = Arc::new(Mutex::new(Serial::new(
+            ioapic_pin(&ioapic, layout::COM1_IRQ),
+            Box::new(out),
+        )));
 
         let mut pio = Bus::new("port");
         let mut mmio = Bus::new("MMIO");
         mmio.insert(layout::IOAPIC_BASE, layout::IOAPIC_SIZE, ioapic.clone())?;
         pio.insert(u64::from(layout::COM1_PORT), 8, serial.clone())?;
-        pio.insert(u64::from(layout::I8042_DATA_PORT), 5, Arc::new(Mutex::new(I8042::new(exit.clone()))))?;
-        pio.insert(u64::from(layout::DEBUG_EXIT_PORT), 4, Arc::new(Mutex::new(DebugExit::new(exit.clone()))))?;
+        pio.insert(
+            u64::from(layout::I8042_DATA_PORT),
+            5,
+            Arc::new(Mutex::new(I8042::new(exit.clone()))),
+        )?;
+        pio.insert(
+            u64::from(layout::DEBUG_EXIT_PORT),
+            4,
+            Arc::new(Mutex::new(DebugExit::new(exit.clone()))),
+        )?;
         let mmio_check = crate::mmio_check::requested_by_env().then(Arc::default);
-        Ok(Machine { vm, mem, cpus: cfg.cpus, pio, mmio, ioapic, serial, exit, virtio: Vec::new(), mmio_check })
+        Ok(Machine {
+            vm,
+            mem,
+            cpus: cfg.cpus,
+            pio,
+            mmio,
+            ioapic,
+            serial,
+            exit,
+            virtio: Vec::new(),
+            mmio_check,
+        })
     }
 
     /// Guest RAM.
@@ -254,12 +296,22 @@ impl Machine {
     }
 
     /// Registers a port-I/O device at `[base, base + len)`.
-    pub fn add_pio_device(&mut self, base: u16, len: u16, dev: Arc<Mutex<dyn BusDevice>>) -> Result<(), MachineError> {
+    pub fn add_pio_device(
+        &mut self,
+        base: u16,
+        len: u16,
+        dev: Arc<Mutex<dyn BusDevice>>,
+    ) -> Result<(), MachineError> {
         Ok(self.pio.insert(u64::from(base), u64::from(len), dev)?)
     }
 
     /// Registers an MMIO device at `[base, base + len)`.
-    pub fn add_mmio_device(&mut self, base: u64, len: u64, dev: Arc<Mutex<dyn BusDevice>>) -> Result<(), MachineError> {
+    pub fn add_mmio_device(
+        &mut self,
+        base: u64,
+        len: u64,
+        dev: Arc<Mutex<dyn BusDevice>>,
+    ) -> Result<(), MachineError> {
         Ok(self.mmio.insert(base, len, dev)?)
     }
 
@@ -271,7 +323,10 @@ impl Machine {
     /// Puts `device` behind a virtio-mmio transport in the next free slot
     /// (4 KiB from `layout::VIRTIO_MMIO_BASE`, IOAPIC pins from
     /// `layout::VIRTIO_IRQ_BASE`) and returns what the kernel must be told.
-    pub fn add_virtio_device(&mut self, device: Box<dyn VirtioDevice>) -> Result<VirtioMmioDevice, MachineError> {
+    pub fn add_virtio_device(
+        &mut self,
+        device: Box<dyn VirtioDevice>,
+    ) -> Result<VirtioMmioDevice, MachineError> {
         let index = self.virtio.len();
         if index >= MAX_VIRTIO_DEVICES {
             return Err(MachineError::TooManyDevices);
@@ -282,7 +337,8 @@ impl Machine {
             irq: layout::VIRTIO_IRQ_BASE + index as u8,
         };
         let transport = MmioTransport::new(device, self.mem.clone(), self.irq_line(slot.irq));
-        self.mmio.insert(slot.base, slot.size, Arc::new(Mutex::new(transport)))?;
+        self.mmio
+            .insert(slot.base, slot.size, Arc::new(Mutex::new(transport)))?;
         self.virtio.push(slot);
         Ok(slot)
     }
@@ -308,11 +364,23 @@ impl Machine {
     pub fn run(self, boot: CpuState, timeout: Option<Duration>) -> Result<Outcome, MachineError> {
         let mut vcpus: Vec<Box<dyn Vcpu>> = Vec::with_capacity(usize::from(self.cpus));
         for id in 0..self.cpus {
-            vcpus.push(self.vm.create_vcpu(id).map_err(|source| MachineError::Vcpu { id, source })?);
+            vcpus.push(
+                self.vm
+                    .create_vcpu(id)
+                    .map_err(|source| MachineError::Vcpu { id, source })?,
+            );
         }
         let bsp = &mut vcpus[0];
-        let setup = bsp.set_sregs(&boot.sregs).and_then(|()| bsp.set_regs(&boot.regs));
-        let setup = setup.and_then(|()| if boot.msrs.is_empty() { Ok(()) } else { bsp.set_msrs(&boot.msrs) });
+        let setup = bsp
+            .set_sregs(&boot.sregs)
+            .and_then(|()| bsp.set_regs(&boot.regs));
+        let setup = setup.and_then(|()| {
+            if boot.msrs.is_empty() {
+                Ok(())
+            } else {
+                bsp.set_msrs(&boot.msrs)
+            }
+        });
         setup.map_err(|source| MachineError::Vcpu { id: 0, source })?;
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -330,8 +398,16 @@ impl Machine {
         let ctx = Arc::new(ExitContext {
             pio: Arc::new(self.pio),
             mmio: Arc::new(self.mmio),
-            eoi: Box::new(move |v| ioapic.lock().unwrap_or_else(PoisonError::into_inner).end_of_interrupt(v)),
-            mmio_check: self.mmio_check.clone().map(|stats| MmioCheck { mem: self.mem.clone(), stats }),
+            eoi: Box::new(move |v| {
+                ioapic
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .end_of_interrupt(v)
+            }),
+            mmio_check: self.mmio_check.clone().map(|stats| MmioCheck {
+                mem: self.mem.clone(),
+                stats,
+            }),
         });
         let (tx, rx) = mpsc::channel::<(u8, VcpuStop)>();
         let mut threads = Vec::new();
@@ -366,7 +442,10 @@ impl Machine {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(s) => stops.push(s),
                 Err(_) => {
-                    log::warn!("{} vCPU(s) did not stop within {STOP_GRACE:?}", threads.len() - stops.len());
+                    log::warn!(
+                        "{} vCPU(s) did not stop within {STOP_GRACE:?}",
+                        threads.len() - stops.len()
+                    );
                     break;
                 }
             }
@@ -376,7 +455,11 @@ impl Machine {
                 let _ = t.join();
             });
         }
-        let _ = self.serial.lock().unwrap_or_else(PoisonError::into_inner).flush();
+        let _ = self
+            .serial
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .flush();
         if let Some(stats) = &self.mmio_check {
             log::info!(
                 "MMIO emulator differential check: {} exits checked, {} mismatches",
@@ -396,25 +479,44 @@ fn log_stop(vcpu: &dyn Vcpu, id: usize, why: &VcpuStop, mem: &GuestMem) {
     if !failed && !log::log_enabled!(log::Level::Debug) {
         return;
     }
-    let (Ok(r), Ok(s)) = (vcpu.regs(), vcpu.sregs()) else { return };
+    let (Ok(r), Ok(s)) = (vcpu.regs(), vcpu.sregs()) else {
+        return;
+    };
     let mut insn = [0u8; 15];
     let fetched = vcpu
         .translate_gva(s.cs.base.wrapping_add(r.rip), false)
         .ok()
         .flatten()
         .is_some_and(|gpa| vm_memory::Bytes::read_slice(mem, &mut insn, GuestAddress(gpa)).is_ok());
-    let bytes = if fetched { format!("{insn:02x?}") } else { "unavailable".into() };
-    let level = if failed { log::Level::Error } else { log::Level::Debug };
+    let bytes = if fetched {
+        format!("{insn:02x?}")
+    } else {
+        "unavailable".into()
+    };
+    let level = if failed {
+        log::Level::Error
+    } else {
+        log::Level::Debug
+    };
     log::log!(
         level,
         "vCPU {id} stopped ({why:?}) at rip={:#x} cs.base={:#x} rsp={:#x} rflags={:#x} cr0={:#x} cr3={:#x} efer={:#x}; bytes at rip: {bytes}",
-        r.rip, s.cs.base, r.rsp, r.rflags, s.cr0, s.cr3, s.efer
+        r.rip,
+        s.cs.base,
+        r.rsp,
+        r.rflags,
+        s.cr0,
+        s.cr3,
+        s.efer
     );
 }
 
 /// Decides the run's outcome: a guest exit request wins, then the first
 /// vCPU's reason for stopping; no stop at all means the timeout passed.
-fn outcome(requested: Option<GuestExit>, stops: Vec<(u8, VcpuStop)>) -> Result<Outcome, MachineError> {
+fn outcome(
+    requested: Option<GuestExit>,
+    stops: Vec<(u8, VcpuStop)>,
+) -> Result<Outcome, MachineError> {
     match requested {
         Some(GuestExit::DebugExit(v)) => return Ok(Outcome::DebugExit(v)),
         Some(GuestExit::Reset) => return Ok(Outcome::Reset),
@@ -438,8 +540,14 @@ mod tests {
     #[test]
     fn guest_exit_request_wins_over_vcpu_reason() {
         let stops = vec![(0, VcpuStop::Requested)];
-        assert_eq!(outcome(Some(GuestExit::DebugExit(7)), stops).ok(), Some(Outcome::DebugExit(7)));
-        assert_eq!(outcome(None, vec![(1, VcpuStop::Shutdown)]).ok(), Some(Outcome::Shutdown));
+        assert_eq!(
+            outcome(Some(GuestExit::DebugExit(7)), stops).ok(),
+            Some(Outcome::DebugExit(7))
+        );
+        assert_eq!(
+            outcome(None, vec![(1, VcpuStop::Shutdown)]).ok(),
+            Some(Outcome::Shutdown)
+        );
         assert_eq!(outcome(None, vec![]).ok(), Some(Outcome::Timeout));
         assert!(matches!(
             outcome(None, vec![(2, VcpuStop::Unhandled("x"))]),

@@ -57,7 +57,9 @@ impl MmioCheck {
         };
         let mem = &self.mem;
         let mut cpu = SnapshotCpu::new(regs, sregs)
-            .with_translate(Box::new(move |gva, write| vcpu.translate_gva(gva, write).ok().flatten()))
+            .with_translate(Box::new(move |gva, write| {
+                vcpu.translate_gva(gva, write).ok().flatten()
+            }))
             .with_ram(
                 Box::new(|gpa, buf| mem.read_slice(buf, GuestAddress(gpa)).is_ok()),
                 Box::new(|_, _| false),
@@ -65,7 +67,10 @@ impl MmioCheck {
         self.stats.checked.fetch_add(1, Ordering::Relaxed);
         if let Err(m) = check_kvm_exit(&mut cpu, &exit) {
             self.stats.mismatched.fetch_add(1, Ordering::Relaxed);
-            warn_ratelimited!("MMIO emulator disagrees with the hypervisor at rip {:#x}: {m}", regs.rip);
+            warn_ratelimited!(
+                "MMIO emulator disagrees with the hypervisor at rip {:#x}: {m}",
+                regs.rip
+            );
         }
     }
 }

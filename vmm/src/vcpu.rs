@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::bus::Bus;
 use crate::emulator::MmioExit;
-use crate::mmio_check::MmioCheck;
 use crate::hv::{HvError, IoOp, Vcpu, VcpuExit};
+use crate::mmio_check::MmioCheck;
 
 /// What a vCPU's exits are dispatched to.
 pub struct ExitContext {
@@ -27,7 +27,10 @@ pub struct ExitContext {
 
 impl std::fmt::Debug for ExitContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExitContext").field("pio", &self.pio).field("mmio", &self.mmio).finish_non_exhaustive()
+        f.debug_struct("ExitContext")
+            .field("pio", &self.pio)
+            .field("mmio", &self.mmio)
+            .finish_non_exhaustive()
     }
 }
 
@@ -77,7 +80,8 @@ pub fn handle_exit(
         VcpuExit::Mmio => {
             let mut first: Option<MmioExit> = None;
             vcpu.handle_mmio(&mut |addr, op| {
-                let (len, is_write, mut bytes) = (op_len(&op), matches!(op, IoOp::Write(_)), [0u8; 8]);
+                let (len, is_write, mut bytes) =
+                    (op_len(&op), matches!(op, IoOp::Write(_)), [0u8; 8]);
                 match op {
                     IoOp::Read(data) => ctx.mmio.read(addr, data),
                     IoOp::Write(data) => {
@@ -86,7 +90,12 @@ pub fn handle_exit(
                         ctx.mmio.write(addr, data);
                     }
                 }
-                first.get_or_insert(MmioExit { gpa: addr, len, is_write, data: bytes });
+                first.get_or_insert(MmioExit {
+                    gpa: addr,
+                    len,
+                    is_write,
+                    data: bytes,
+                });
             })?;
             if let (Some(check), Some(exit)) = (&ctx.mmio_check, first) {
                 check.check(vcpu, exit);
@@ -111,7 +120,9 @@ pub fn run_loop(vcpu: &mut dyn Vcpu, ctx: &ExitContext, stop: &AtomicBool) -> Vc
         if stop.load(Ordering::SeqCst) {
             return VcpuStop::Requested;
         }
-        let flow = vcpu.run().and_then(|exit| handle_exit(exit, vcpu, ctx, stop));
+        let flow = vcpu
+            .run()
+            .and_then(|exit| handle_exit(exit, vcpu, ctx, stop));
         match flow {
             Ok(Flow::Continue) => {}
             Ok(Flow::Stop(why)) => return why,

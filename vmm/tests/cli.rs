@@ -53,7 +53,11 @@ fn good_kernel(dir: &Path) -> PathBuf {
 }
 
 fn kvm_usable() -> bool {
-    let ok = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
     if !ok {
         eprintln!("skipped: /dev/kvm is not usable here");
     }
@@ -62,13 +66,27 @@ fn kvm_usable() -> bool {
 
 /// Runs krypton and checks: status 125, one stderr line, containing `want`.
 fn expect_error(args: &[&str], want: &str) {
-    let out = Command::new(BIN).args(args).output().expect("spawn krypton");
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("spawn krypton");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(out.status.code(), Some(125), "args {args:?}: stderr {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(125),
+        "args {args:?}: stderr {stderr}"
+    );
     assert_eq!(lines.len(), 1, "args {args:?}: want one line, got {stderr}");
-    assert!(lines[0].starts_with("krypton: error: "), "args {args:?}: {stderr}");
-    assert!(lines[0].to_lowercase().contains(&want.to_lowercase()), "args {args:?}: want '{want}' in: {}", lines[0]);
+    assert!(
+        lines[0].starts_with("krypton: error: "),
+        "args {args:?}: {stderr}"
+    );
+    assert!(
+        lines[0].to_lowercase().contains(&want.to_lowercase()),
+        "args {args:?}: want '{want}' in: {}",
+        lines[0]
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
@@ -80,7 +98,10 @@ fn argument_errors_are_one_line_and_125() {
     expect_error(&["boot", "--kernel", "k", "--bogus"], "--bogus");
     expect_error(&["boot", "--kernel", "k", "--mem", "lots"], "--mem");
     expect_error(&["boot", "--kernel", "k", "--cpus", "300"], "--cpus");
-    expect_error(&["boot", "--kernel", "k", "--hide-cpuid", "1:0:esi:3"], "esi");
+    expect_error(
+        &["boot", "--kernel", "k", "--hide-cpuid", "1:0:esi:3"],
+        "esi",
+    );
     expect_error(&["boot", "--kernel", "k", "--disk", "x.img,rx"], "rx");
 }
 
@@ -88,10 +109,31 @@ fn argument_errors_are_one_line_and_125() {
 fn missing_files_are_named() {
     let dir = tmpdir("missing");
     let k = good_kernel(&dir);
-    expect_error(&["boot", "--kernel", "/nonexistent/vmlinux"], "/nonexistent/vmlinux");
-    expect_error(&["boot", "--kernel", k.to_str().expect("utf8"), "--initrd", "/nonexistent/initrd"], "/nonexistent/initrd");
+    expect_error(
+        &["boot", "--kernel", "/nonexistent/vmlinux"],
+        "/nonexistent/vmlinux",
+    );
+    expect_error(
+        &[
+            "boot",
+            "--kernel",
+            k.to_str().expect("utf8"),
+            "--initrd",
+            "/nonexistent/initrd",
+        ],
+        "/nonexistent/initrd",
+    );
     if kvm_usable() {
-        expect_error(&["boot", "--kernel", k.to_str().expect("utf8"), "--disk", "/nonexistent/disk.img"], "/nonexistent/disk.img");
+        expect_error(
+            &[
+                "boot",
+                "--kernel",
+                k.to_str().expect("utf8"),
+                "--disk",
+                "/nonexistent/disk.img",
+            ],
+            "/nonexistent/disk.img",
+        );
     }
 }
 
@@ -119,18 +161,35 @@ fn corrupt_kernels_and_oversized_initrd() {
     let dir = tmpdir("corrupt");
     let empty = dir.join("empty");
     std::fs::write(&empty, b"").expect("write");
-    expect_error(&["boot", "--kernel", empty.to_str().expect("utf8")], "kernel");
+    expect_error(
+        &["boot", "--kernel", empty.to_str().expect("utf8")],
+        "kernel",
+    );
     let garbage = dir.join("garbage");
     std::fs::write(&garbage, vec![0x5a; 4096]).expect("write");
-    expect_error(&["boot", "--kernel", garbage.to_str().expect("utf8")], "kernel");
+    expect_error(
+        &["boot", "--kernel", garbage.to_str().expect("utf8")],
+        "kernel",
+    );
     let truncated = dir.join("truncated");
     std::fs::write(&truncated, &elf64(EXIT_2A)[..90]).expect("write");
-    expect_error(&["boot", "--kernel", truncated.to_str().expect("utf8")], "kernel");
+    expect_error(
+        &["boot", "--kernel", truncated.to_str().expect("utf8")],
+        "kernel",
+    );
     let k = good_kernel(&dir);
     let big = dir.join("initrd");
     std::fs::write(&big, vec![0u8; 24 << 20]).expect("write");
     expect_error(
-        &["boot", "--kernel", k.to_str().expect("utf8"), "--mem", "16", "--initrd", big.to_str().expect("utf8")],
+        &[
+            "boot",
+            "--kernel",
+            k.to_str().expect("utf8"),
+            "--mem",
+            "16",
+            "--initrd",
+            big.to_str().expect("utf8"),
+        ],
         "initrd",
     );
 }
@@ -147,7 +206,10 @@ fn a_missing_hypervisor_is_one_clear_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("/nonexistent/kvm does not exist"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/kvm does not exist"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -158,10 +220,23 @@ fn a_good_guest_exits_with_its_debug_exit_status() {
     let dir = tmpdir("good");
     let k = good_kernel(&dir);
     let out = Command::new(BIN)
-        .args(["boot", "--kernel", k.to_str().expect("utf8"), "--serial", "none", "--timeout", "20"])
+        .args([
+            "boot",
+            "--kernel",
+            k.to_str().expect("utf8"),
+            "--serial",
+            "none",
+            "--timeout",
+            "20",
+        ])
         .output()
         .expect("spawn");
-    assert_eq!(out.status.code(), Some((0x2a << 1) | 1), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some((0x2a << 1) | 1),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -184,7 +259,15 @@ fn stdin_reaches_the_guest_through_com1() {
     let k = dir.join("echo.elf");
     std::fs::write(&k, elf64(&code)).expect("write");
     let mut child = Command::new(BIN)
-        .args(["boot", "--kernel", k.to_str().expect("utf8"), "--serial", "stdio", "--timeout", "20"])
+        .args([
+            "boot",
+            "--kernel",
+            k.to_str().expect("utf8"),
+            "--serial",
+            "stdio",
+            "--timeout",
+            "20",
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -32,7 +32,9 @@ impl BusDevice for Scratch {
 }
 
 fn hypervisor() -> Option<Box<dyn Hypervisor>> {
-    krypton::hv::new(Backend::host_default()).map_err(|e| eprintln!("skipped: {e}")).ok()
+    krypton::hv::new(Backend::host_default())
+        .map_err(|e| eprintln!("skipped: {e}"))
+        .ok()
 }
 
 /// Every MMIO form the emulator supports, in 32-bit protected mode.
@@ -82,20 +84,44 @@ fn program32() -> Result<Vec<u8>, IcedError> {
 
 #[test]
 fn emulator_agrees_with_kvm_on_every_mmio_exit() {
-    let _ = env_logger::builder().is_test(true).filter_level(log::LevelFilter::Warn).try_init();
+    let _ = env_logger::builder()
+        .is_test(true)
+        .filter_level(log::LevelFilter::Warn)
+        .try_init();
     let Some(hv) = hypervisor() else { return };
-    let cfg = MachineConfig { mem_mib: 16, cpus: 1, serial: SerialOut::Null, hide_cpuid: vec![] };
+    let cfg = MachineConfig {
+        mem_mib: 16,
+        cpus: 1,
+        serial: SerialOut::Null,
+        hide_cpuid: vec![],
+    };
     let mut m = Machine::new(hv.as_ref(), cfg).expect("machine");
-    m.add_mmio_device(MMIO, 0x1000, Arc::new(Mutex::new(Scratch([0; 256])))).expect("device");
+    m.add_mmio_device(MMIO, 0x1000, Arc::new(Mutex::new(Scratch([0; 256]))))
+        .expect("device");
     let stats = m.enable_mmio_check();
     let code = program32().expect("assemble");
-    m.memory().write_slice(&code, GuestAddress(CODE)).expect("load");
-    m.memory().write_slice(&[7u8; 64], GuestAddress(DATA)).expect("data");
-    let state = krypton_boot::entry::protected_mode_state(m.memory(), CODE as u32, 0).expect("state");
+    m.memory()
+        .write_slice(&code, GuestAddress(CODE))
+        .expect("load");
+    m.memory()
+        .write_slice(&[7u8; 64], GuestAddress(DATA))
+        .expect("data");
+    let state =
+        krypton_boot::entry::protected_mode_state(m.memory(), CODE as u32, 0).expect("state");
     let out = m.run(state, Some(Duration::from_secs(20))).expect("run");
     assert_eq!(out, Outcome::DebugExit(0x42));
     // 21 single accesses + 4 stosd + 3 movsd + 2 movsw, plus the read half
     // of xchg/or/and (KVM exits once per direction).
-    assert!(stats.checked() >= 30, "only {} MMIO exits checked", stats.checked());
-    assert_eq!(stats.mismatched(), 0, "{} of {} exits disagreed (see warnings)", stats.mismatched(), stats.checked());
+    assert!(
+        stats.checked() >= 30,
+        "only {} MMIO exits checked",
+        stats.checked()
+    );
+    assert_eq!(
+        stats.mismatched(),
+        0,
+        "{} of {} exits disagreed (see warnings)",
+        stats.mismatched(),
+        stats.checked()
+    );
 }

@@ -39,7 +39,9 @@ pub struct BenchArgs {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 fn krypton_binary(args: &BenchArgs) -> Result<PathBuf> {
@@ -64,7 +66,11 @@ fn verdict(met: bool) -> &'static str {
 }
 
 fn ratio(a: f64, b: f64) -> String {
-    if b > 0.0 { format!("{:.2}x", a / b) } else { "n/a".into() }
+    if b > 0.0 {
+        format!("{:.2}x", a / b)
+    } else {
+        "n/a".into()
+    }
 }
 
 /// Runs the benchmarks and prints the three figures with their ratios.
@@ -84,7 +90,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     stub::write(Stub::PioLoop(0), &pio0_elf)?;
     stub::write(Stub::PioLoop(args.pio_count), &pio_elf)?;
     stub::write(Stub::Idle, &idle_elf)?;
-    let vmms = [VmmCmd::Krypton(krypton.clone()), VmmCmd::Qemu(args.qemu.clone())];
+    let vmms = [
+        VmmCmd::Krypton(krypton.clone()),
+        VmmCmd::Qemu(args.qemu.clone()),
+    ];
 
     // Warm-up (page cache, first-run costs), then interleaved runs.
     for v in &vmms {
@@ -97,15 +106,31 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
     }
     let s = [Stats::of(&times[0]), Stats::of(&times[1])];
-    println!("== start-to-exit (stub guest, n={} each, interleaved) ==", args.runs);
+    println!(
+        "== start-to-exit (stub guest, n={} each, interleaved) ==",
+        args.runs
+    );
     for (v, st) in vmms.iter().zip(&s) {
-        println!("  {:8} median {:7.1} ms   min {:7.1}   max {:7.1}", v.name(), st.median, st.min, st.max);
+        println!(
+            "  {:8} median {:7.1} ms   min {:7.1}   max {:7.1}",
+            v.name(),
+            st.median,
+            st.min,
+            st.max
+        );
     }
     let met = s[0].median <= 0.5 * s[1].median;
-    println!("  krypton/qemu = {} (goal <= 0.50x: {})", ratio(s[0].median, s[1].median), verdict(met));
+    println!(
+        "  krypton/qemu = {} (goal <= 0.50x: {})",
+        ratio(s[0].median, s[1].median),
+        verdict(met)
+    );
 
     let mut rates = [0.0f64; 2];
-    println!("== PIO round trips (K={}, n={} each) ==", args.pio_count, args.pio_runs);
+    println!(
+        "== PIO round trips (K={}, n={} each) ==",
+        args.pio_count, args.pio_runs
+    );
     for (i, v) in vmms.iter().enumerate() {
         let (mut t0, mut tk) = (Vec::new(), Vec::new());
         for _ in 0..args.pio_runs {
@@ -113,7 +138,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             tk.push(v.time_to_exit(&pio_elf, 128)?);
         }
         let dt = (Stats::of(&tk).median - Stats::of(&t0).median) / 1000.0;
-        rates[i] = if dt > 0.0 { f64::from(args.pio_count) / dt } else { 0.0 };
+        rates[i] = if dt > 0.0 {
+            f64::from(args.pio_count) / dt
+        } else {
+            0.0
+        };
         println!(
             "  {:8} {:10.0} exits/s   (K=0 median {:.1} ms, K={} median {:.1} ms)",
             v.name(),
@@ -124,9 +153,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         );
     }
     let met = rates[0] >= rates[1];
-    println!("  krypton/qemu = {} (goal >= 1.00x: {})", ratio(rates[0], rates[1]), verdict(met));
+    println!(
+        "  krypton/qemu = {} (goal >= 1.00x: {})",
+        ratio(rates[0], rates[1]),
+        verdict(met)
+    );
 
-    println!("== VMM memory overhead (idle guest, {} MiB RAM) ==", args.mem);
+    println!(
+        "== VMM memory overhead (idle guest, {} MiB RAM) ==",
+        args.mem
+    );
     let mut over = [None, None];
     for (i, v) in vmms.iter().enumerate() {
         match v.idle_overhead(&idle_elf, args.mem) {
@@ -144,7 +180,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
     }
     if let (Some(k), Some(q)) = (over[0], over[1]) {
-        println!("  krypton/qemu = {} (goal: krypton <= 5 MiB: {})", ratio(k, q), verdict(k <= 5.0));
+        println!(
+            "  krypton/qemu = {} (goal: krypton <= 5 MiB: {})",
+            ratio(k, q),
+            verdict(k <= 5.0)
+        );
     }
     Ok(())
 }

@@ -15,16 +15,23 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use krypton_protocol::{ExecRequest, ExitStatus, Message, PROTOCOL_VERSION, read_message, write_message};
+use krypton_protocol::{
+    ExecRequest, ExitStatus, Message, PROTOCOL_VERSION, read_message, write_message,
+};
 
 const WARMUP: usize = 10;
 
 fn runs() -> usize {
-    std::env::var("KRYPTON_BENCH_AGENT_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(200)
+    std::env::var("KRYPTON_BENCH_AGENT_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200)
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 fn build_agent() -> Result<PathBuf> {
@@ -80,7 +87,11 @@ fn start_agent(bin: &Path) -> Result<(AgentProc, UnixStream)> {
 }
 
 fn exec_true(s: &mut UnixStream, id: u32) -> Result<Duration> {
-    let req = ExecRequest { id, argv: vec!["/bin/true".into()], ..Default::default() };
+    let req = ExecRequest {
+        id,
+        argv: vec!["/bin/true".into()],
+        ..Default::default()
+    };
     let t0 = Instant::now();
     write_message(s, &Message::Exec(req))?;
     write_message(s, &Message::StdinEof { id })?;
@@ -140,10 +151,19 @@ pub fn run() -> Result<()> {
     let bin = build_agent()?;
     let (_agent, mut s) = start_agent(&bin)?;
     match read_message(&mut s)? {
-        Message::Hello { version: PROTOCOL_VERSION, .. } => {}
+        Message::Hello {
+            version: PROTOCOL_VERSION,
+            ..
+        } => {}
         other => bail!("unexpected agent hello {other:?}"),
     }
-    write_message(&mut s, &Message::Hello { version: PROTOCOL_VERSION, caps: 0 })?;
+    write_message(
+        &mut s,
+        &Message::Hello {
+            version: PROTOCOL_VERSION,
+            caps: 0,
+        },
+    )?;
     let n = runs();
     let (mut agent_t, mut local_t) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..WARMUP + n {
@@ -157,7 +177,10 @@ pub fn run() -> Result<()> {
     println!("agent exec round trip (/bin/true, Unix socket transport):");
     let a = report("agent Exec -> Exit", agent_t);
     let l = report("local fork+exec+wait", local_t);
-    println!("  ratio agent/local (median): {:.1}x", a.as_secs_f64() / l.as_secs_f64().max(1e-9));
+    println!(
+        "  ratio agent/local (median): {:.1}x",
+        a.as_secs_f64() / l.as_secs_f64().max(1e-9)
+    );
     Ok(())
 }
 

@@ -46,7 +46,15 @@ fn bench_all(args: &bench::BenchArgs) -> Result<()> {
         cache::run(
             std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
                 .current_dir(cache::workspace_root())
-                .args(["run", "--quiet", "--release", "-p", "krypton-devices", "--example", example]),
+                .args([
+                    "run",
+                    "--quiet",
+                    "--release",
+                    "-p",
+                    "krypton-devices",
+                    "--example",
+                    example,
+                ]),
         )?;
     }
     eprintln!("\n== agent exec round trip ==");

@@ -14,13 +14,29 @@ use crate::cache;
 
 /// Debian packages the build and the tests use.
 const PACKAGES: &[&str] = &[
-    "linux-source-6.1", "bc", "bison", "flex", "libelf-dev", "libssl-dev", "cpio", "lz4",
-    "busybox-static", "e2fsprogs", "socat", "qemu-system-x86", "mingw-w64", "wine", "wine64",
+    "linux-source-6.1",
+    "bc",
+    "bison",
+    "flex",
+    "libelf-dev",
+    "libssl-dev",
+    "cpio",
+    "lz4",
+    "busybox-static",
+    "e2fsprogs",
+    "socat",
+    "qemu-system-x86",
+    "mingw-w64",
+    "wine",
+    "wine64",
 ];
 
 /// Whether `prog` is on PATH.
 pub fn have(prog: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {prog} >/dev/null 2>&1")]).status().is_ok_and(|s| s.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {prog} >/dev/null 2>&1")])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn installed(pkg: &str) -> bool {
@@ -43,7 +59,10 @@ pub fn wine_env() -> Vec<(String, String)> {
     vec![
         ("WINEDEBUG".into(), "-all".into()),
         ("WINEPREFIX".into(), prefix.display().to_string()),
-        ("CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER".into(), "wine".into()),
+        (
+            "CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER".into(),
+            "wine".into(),
+        ),
     ]
 }
 
@@ -63,8 +82,12 @@ pub fn ensure_prerequisites() -> Result<()> {
         }
     }
     for target in ["x86_64-pc-windows-gnu"] {
-        if !has_rust_target(target) && cache::run(Command::new("rustup").args(["target", "add", target])).is_err() {
-            eprintln!("\n!!! WARNING: `rustup target add {target}` FAILED: the Windows build, clippy and wine tests will be SKIPPED !!!\n");
+        if !has_rust_target(target)
+            && cache::run(Command::new("rustup").args(["target", "add", target])).is_err()
+        {
+            eprintln!(
+                "\n!!! WARNING: `rustup target add {target}` FAILED: the Windows build, clippy and wine tests will be SKIPPED !!!\n"
+            );
         }
     }
     Ok(())
@@ -74,15 +97,24 @@ pub fn ensure_prerequisites() -> Result<()> {
 /// virtualization (vmx/svm). Under kvm_pvm (software virtualization) the
 /// guest kernel boots but its first system call faults.
 pub fn hardware_virtualization() -> bool {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .is_ok_and(|c| c.lines().any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm"))))
+    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| {
+        c.lines()
+            .any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")))
+    })
 }
 
 fn krypton_release() -> Result<PathBuf> {
     let root = cache::workspace_root();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    cache::run(Command::new(cargo).current_dir(&root).args(["build", "--release", "-p", "krypton"]))?;
-    let dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    cache::run(Command::new(cargo).current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "krypton",
+    ]))?;
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
     Ok(dir.join("release").join("krypton"))
 }
 
@@ -92,10 +124,15 @@ fn krypton_release() -> Result<PathBuf> {
 pub fn run_main_job() -> Result<()> {
     ensure_prerequisites()?;
     let krypton = krypton_release()?;
-    crate::kernel::build(&crate::kernel::KernelArgs { variant: crate::kernel::Variant::Product })?;
+    crate::kernel::build(&crate::kernel::KernelArgs {
+        variant: crate::kernel::Variant::Product,
+    })?;
     crate::images::build_all()?;
     eprintln!("\n$ krypton selftest");
-    let st = Command::new(&krypton).arg("selftest").status().context("running krypton selftest")?;
+    let st = Command::new(&krypton)
+        .arg("selftest")
+        .status()
+        .context("running krypton selftest")?;
     if !st.success() {
         bail!("krypton selftest failed: {st}");
     }
@@ -108,7 +145,10 @@ pub fn run_main_job() -> Result<()> {
         return Ok(());
     }
     eprintln!("\n$ krypton run -- uname -a");
-    let st = Command::new(&krypton).args(["run", "--", "uname", "-a"]).status().context("running krypton run")?;
+    let st = Command::new(&krypton)
+        .args(["run", "--", "uname", "-a"])
+        .status()
+        .context("running krypton run")?;
     if !st.success() {
         bail!("krypton run failed: {st}");
     }

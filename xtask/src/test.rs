@@ -13,7 +13,12 @@ use crate::setup;
 
 /// Crates that build for Windows (the agent is Linux-only, xtask and the
 /// test crate drive Linux tools).
-const WINDOWS_CRATES: &[&str] = &["krypton", "krypton-devices", "krypton-boot", "krypton-protocol"];
+const WINDOWS_CRATES: &[&str] = &[
+    "krypton",
+    "krypton-devices",
+    "krypton-boot",
+    "krypton-protocol",
+];
 const WINDOWS_TARGET: &str = "x86_64-pc-windows-gnu";
 
 /// How a step ended, when it did not fail.
@@ -42,7 +47,10 @@ fn run(cmd: &mut Command) -> Result<Verdict> {
 
 fn windows_steps() -> Vec<Step> {
     let target_ok = || setup::has_rust_target(WINDOWS_TARGET);
-    let pkgs: Vec<String> = WINDOWS_CRATES.iter().flat_map(|c| ["-p".to_string(), c.to_string()]).collect();
+    let pkgs: Vec<String> = WINDOWS_CRATES
+        .iter()
+        .flat_map(|c| ["-p".to_string(), c.to_string()])
+        .collect();
     let p1 = pkgs.clone();
     let p2 = pkgs;
     vec![
@@ -50,41 +58,84 @@ fn windows_steps() -> Vec<Step> {
             name: "clippy (x86_64-pc-windows-gnu)",
             run: Box::new(move || {
                 if !target_ok() {
-                    return Ok(Verdict::Skipped(format!("WARNING: rust target {WINDOWS_TARGET} is NOT installed; the Windows build was NOT checked")));
+                    return Ok(Verdict::Skipped(format!(
+                        "WARNING: rust target {WINDOWS_TARGET} is NOT installed; the Windows build was NOT checked"
+                    )));
                 }
-                run(cargo().args(["clippy", "--target", WINDOWS_TARGET, "--all-targets"]).args(&p1).args(["--", "-D", "warnings"]))
+                run(cargo()
+                    .args(["clippy", "--target", WINDOWS_TARGET, "--all-targets"])
+                    .args(&p1)
+                    .args(["--", "-D", "warnings"]))
             }),
         },
         Step {
             name: "unit tests under wine",
             run: Box::new(move || {
                 if !target_ok() {
-                    return Ok(Verdict::Skipped(format!("WARNING: rust target {WINDOWS_TARGET} is NOT installed")));
+                    return Ok(Verdict::Skipped(format!(
+                        "WARNING: rust target {WINDOWS_TARGET} is NOT installed"
+                    )));
                 }
                 if !setup::have("wine") {
-                    return Ok(Verdict::Skipped("WARNING: wine is not installed; Windows unit tests did NOT run".into()));
+                    return Ok(Verdict::Skipped(
+                        "WARNING: wine is not installed; Windows unit tests did NOT run".into(),
+                    ));
                 }
                 prepare_wine()?;
-                cache::run(cargo().args(["test", "--target", WINDOWS_TARGET, "--lib"]).args(&p2).envs(setup::wine_env()))?;
+                cache::run(
+                    cargo()
+                        .args(["test", "--target", WINDOWS_TARGET, "--lib"])
+                        .args(&p2)
+                        .envs(setup::wine_env()),
+                )?;
                 // The platform-neutral emulator's own test files too.
-                run(cargo().args(["test", "--target", WINDOWS_TARGET, "-p", "krypton", "--test", "emulator_*"]).envs(setup::wine_env()))
+                run(cargo()
+                    .args([
+                        "test",
+                        "--target",
+                        WINDOWS_TARGET,
+                        "-p",
+                        "krypton",
+                        "--test",
+                        "emulator_*",
+                    ])
+                    .envs(setup::wine_env()))
             }),
         },
         Step {
             name: "krypton.exe selftest under wine says WHP is unavailable",
             run: Box::new(move || {
                 if !target_ok() || !setup::have("wine") {
-                    return Ok(Verdict::Skipped("WARNING: Windows target or wine missing".into()));
+                    return Ok(Verdict::Skipped(
+                        "WARNING: Windows target or wine missing".into(),
+                    ));
                 }
                 prepare_wine()?;
                 cache::run(cargo().args(["build", "--target", WINDOWS_TARGET, "-p", "krypton"]))?;
-                let exe = target_dir().join(WINDOWS_TARGET).join("debug").join("krypton.exe");
-                let out = Command::new("wine").arg(&exe).arg("selftest").envs(setup::wine_env()).output()?;
+                let exe = target_dir()
+                    .join(WINDOWS_TARGET)
+                    .join("debug")
+                    .join("krypton.exe");
+                let out = Command::new("wine")
+                    .arg(&exe)
+                    .arg("selftest")
+                    .envs(setup::wine_env())
+                    .output()?;
                 let stderr = String::from_utf8_lossy(&out.stderr);
-                let line = stderr.lines().find(|l| l.starts_with("krypton: error:")).unwrap_or("").to_string();
-                eprintln!("wine krypton.exe selftest -> {:?}: {line}", out.status.code());
+                let line = stderr
+                    .lines()
+                    .find(|l| l.starts_with("krypton: error:"))
+                    .unwrap_or("")
+                    .to_string();
+                eprintln!(
+                    "wine krypton.exe selftest -> {:?}: {line}",
+                    out.status.code()
+                );
                 if out.status.code() != Some(125) || !line.contains("Hypervisor Platform") {
-                    bail!("expected exit 125 with a WHP-unavailable message, got {:?}: {stderr}", out.status.code());
+                    bail!(
+                        "expected exit 125 with a WHP-unavailable message, got {:?}: {stderr}",
+                        out.status.code()
+                    );
                 }
                 Ok(Verdict::Passed)
             }),
@@ -95,25 +146,44 @@ fn windows_steps() -> Vec<Step> {
 /// Creates the private wine prefix with the bcryptprimitives.dll shim
 /// (`.ci/wine/setup.sh`; Debian's wine 8.0 lacks the DLL Rust std needs).
 fn prepare_wine() -> Result<()> {
-    let script = cache::workspace_root().join(".ci").join("wine").join("setup.sh");
+    let script = cache::workspace_root()
+        .join(".ci")
+        .join("wine")
+        .join("setup.sh");
     cache::run(Command::new("sh").arg(script).envs(setup::wine_env()))
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| cache::workspace_root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache::workspace_root().join("target"))
 }
 
 fn steps() -> Vec<Step> {
     let mut steps = vec![
-        Step { name: "rustfmt", run: Box::new(|| run(cargo().args(["fmt", "--all", "--check"]))) },
+        Step {
+            name: "rustfmt",
+            run: Box::new(|| run(cargo().args(["fmt", "--all", "--check"]))),
+        },
         Step {
             name: "clippy (linux)",
-            run: Box::new(|| run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))),
+            run: Box::new(|| {
+                run(cargo().args([
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ]))
+            }),
         },
         Step {
             name: "guest kernel (pvm-test variant) and images",
             run: Box::new(|| {
-                crate::kernel::build(&crate::kernel::KernelArgs { variant: crate::kernel::Variant::PvmTest })?;
+                crate::kernel::build(&crate::kernel::KernelArgs {
+                    variant: crate::kernel::Variant::PvmTest,
+                })?;
                 crate::images::build_all()?;
                 Ok(Verdict::Passed)
             }),
@@ -124,7 +194,10 @@ fn steps() -> Vec<Step> {
         },
     ];
     steps.extend(windows_steps());
-    steps.push(Step { name: "fuzz targets (bounded)", run: Box::new(crate::fuzz::run_bounded) });
+    steps.push(Step {
+        name: "fuzz targets (bounded)",
+        run: Box::new(crate::fuzz::run_bounded),
+    });
     steps
 }
 
@@ -156,7 +229,10 @@ pub fn run_all() -> Result<()> {
         eprintln!("{line}");
         summary.push(line);
     }
-    eprintln!("\n=== summary ({:.0}s) ===", started.elapsed().as_secs_f64());
+    eprintln!(
+        "\n=== summary ({:.0}s) ===",
+        started.elapsed().as_secs_f64()
+    );
     for l in &summary {
         eprintln!("{l}");
     }

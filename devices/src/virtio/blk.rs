@@ -129,9 +129,6 @@ impl Block {
 }
 
 /// Takes the advisory lock: shared for read-only, exclusive otherwise.
-// File::try_lock is stable since Rust 1.89, newer than the workspace's
-// declared rust-version; the toolchain in use is newer.
-#[allow(clippy::incompatible_msrv)]
 fn lock(file: &File, read_only: bool, path: &Path) -> Result<(), BlkError> {
     let res = if read_only {
         file.try_lock_shared()

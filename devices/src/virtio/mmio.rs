@@ -188,6 +188,9 @@ pub struct MmioTransport {
     queues: Vec<QueueConfig>,
     shm_sel: u32,
     activated: bool,
+    /// Activations so far; only the first is logged at info level (a guest
+    /// can reset and re-activate at will).
+    activations: u64,
     config_generation: u32,
 }
 
@@ -228,6 +231,7 @@ impl MmioTransport {
             queues,
             shm_sel: 0,
             activated: false,
+            activations: 0,
             config_generation: 0,
         }
     }
@@ -379,7 +383,20 @@ impl MmioTransport {
             acked_features: self.driver_features,
         };
         match self.device.activate(ctx) {
-            Ok(()) => self.activated = true,
+            Ok(()) => {
+                self.activated = true;
+                self.activations += 1;
+                let (ty, features) = (self.device.device_type(), self.driver_features);
+                if self.activations == 1 {
+                    log::info!(
+                        "virtio-mmio: device type {ty} activated by the guest driver (features {features:#x})"
+                    );
+                } else {
+                    log::debug!(
+                        "virtio-mmio: device type {ty} re-activated (features {features:#x})"
+                    );
+                }
+            }
             Err(e) => {
                 warn_ratelimited!("virtio-mmio: device activation failed: {e}");
                 self.set_needs_reset();

@@ -12,8 +12,8 @@ pub mod mmio;
 pub mod rng;
 #[doc(hidden)]
 pub mod testing;
-pub mod worker;
 pub mod vsock;
+pub mod worker;
 
 use std::sync::Arc;
 

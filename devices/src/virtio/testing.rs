@@ -120,10 +120,12 @@ impl Ring {
     pub fn publish_batch(&mut self, mem: &GuestMem, heads: &[u16]) {
         for &head in heads {
             let slot = u64::from(self.avail_idx % self.size);
-            mem.write_obj(head, GuestAddress(self.avail + 4 + 2 * slot)).expect("avail slot");
+            mem.write_obj(head, GuestAddress(self.avail + 4 + 2 * slot))
+                .expect("avail slot");
             self.avail_idx = self.avail_idx.wrapping_add(1);
         }
-        mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2)).expect("avail idx");
+        mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2))
+            .expect("avail idx");
     }
 
     /// The driver's current avail index.

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use krypton_boot::kernel::{BootProtocol, ImageSource, KernelConfig, load_kernel};
 use krypton_boot::cpu::CpuState;
+use krypton_boot::kernel::{BootProtocol, ImageSource, KernelConfig, load_kernel};
 use krypton_boot::mptable::{Polarity, Trigger};
 use krypton_devices::virtio::vsock::VsockHost;
 
@@ -132,14 +132,24 @@ pub(super) fn prepare(spec: VmSpec<'_>) -> Result<PreparedVm, String> {
         return Err(format!("cannot read kernel {}: {e}", spec.kernel.display()));
     }
     if let Some(initrd) = spec.initrd {
-        std::fs::metadata(initrd).map_err(|e| format!("cannot read initrd {}: {e}", initrd.display()))?;
+        std::fs::metadata(initrd)
+            .map_err(|e| format!("cannot read initrd {}: {e}", initrd.display()))?;
     }
     let hv = crate::hv::new(crate::hv::Backend::host_default()).map_err(|e| one_line(&e))?;
-    let cfg = MachineConfig { mem_mib: spec.mem, cpus: spec.cpus, serial: spec.serial, hide_cpuid: spec.hide_cpuid };
+    let cfg = MachineConfig {
+        mem_mib: spec.mem,
+        cpus: spec.cpus,
+        serial: spec.serial,
+        hide_cpuid: spec.hide_cpuid,
+    };
     let mut machine = Machine::new(hv.as_ref(), cfg).map_err(|e| one_line(&e))?;
     let vsock = devices::add_all(&mut machine, spec.devices)?;
     let ram = krypton_boot::layout::ram_regions(spec.mem << 20);
-    let mut kcfg = KernelConfig::new(ImageSource::File(spec.kernel.to_path_buf()), machine.cpus(), ram);
+    let mut kcfg = KernelConfig::new(
+        ImageSource::File(spec.kernel.to_path_buf()),
+        machine.cpus(),
+        ram,
+    );
     kcfg.initrd = spec.initrd.map(|p| ImageSource::File(p.to_path_buf()));
     if let Some(c) = spec.cmdline {
         kcfg.cmdline = c;
@@ -153,7 +163,11 @@ pub(super) fn prepare(spec: VmSpec<'_>) -> Result<PreparedVm, String> {
     }
     let state = load_kernel(machine.memory(), &kcfg).map_err(|e| one_line(&e))?;
     log::info!("kernel command line: {}", kcfg.full_cmdline());
-    Ok(PreparedVm { machine, state, vsock })
+    Ok(PreparedVm {
+        machine,
+        state,
+        vsock,
+    })
 }
 
 fn boot(args: BootArgs) -> Result<Outcome, String> {
@@ -182,23 +196,28 @@ fn boot(args: BootArgs) -> Result<Outcome, String> {
 /// Input waits while the guest's receive FIFO is full, so none is dropped.
 fn forward_stdin(serial: std::sync::Arc<std::sync::Mutex<krypton_devices::serial::Serial>>) {
     use std::io::Read;
-    let spawned = std::thread::Builder::new().name("serial-in".into()).spawn(move || {
-        let mut buf = [0u8; 256];
-        let mut stdin = std::io::stdin().lock();
-        while let Ok(n) = stdin.read(&mut buf) {
-            if n == 0 {
-                return;
-            }
-            let mut rest = &buf[..n];
-            while !rest.is_empty() {
-                let taken = serial.lock().unwrap_or_else(std::sync::PoisonError::into_inner).enqueue_input(rest);
-                rest = &rest[taken..];
-                if !rest.is_empty() {
-                    std::thread::sleep(Duration::from_millis(5));
+    let spawned = std::thread::Builder::new()
+        .name("serial-in".into())
+        .spawn(move || {
+            let mut buf = [0u8; 256];
+            let mut stdin = std::io::stdin().lock();
+            while let Ok(n) = stdin.read(&mut buf) {
+                if n == 0 {
+                    return;
+                }
+                let mut rest = &buf[..n];
+                while !rest.is_empty() {
+                    let taken = serial
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .enqueue_input(rest);
+                    rest = &rest[taken..];
+                    if !rest.is_empty() {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
                 }
             }
-        }
-    });
+        });
     if let Err(e) = spawned {
         log::warn!("serial input disabled: cannot start its thread: {e}");
     }
@@ -207,9 +226,9 @@ fn forward_stdin(serial: std::sync::Arc<std::sync::Mutex<krypton_devices::serial
 /// Validates a `--timeout` in seconds.
 pub(super) fn parse_timeout(t: Option<f64>) -> Result<Option<Duration>, String> {
     match t {
-        Some(t) if !(t.is_finite() && t > 0.0 && t < 1e9) => {
-            Err(format!("--timeout {t} must be a positive number of seconds"))
-        }
+        Some(t) if !(t.is_finite() && t > 0.0 && t < 1e9) => Err(format!(
+            "--timeout {t} must be a positive number of seconds"
+        )),
         t => Ok(t.map(Duration::from_secs_f64)),
     }
 }

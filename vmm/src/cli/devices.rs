@@ -47,16 +47,23 @@ pub fn parse_disk(s: &str) -> Result<DiskArg, String> {
     if path.is_empty() {
         return Err("empty disk path".into());
     }
-    Ok(DiskArg { path: PathBuf::from(path), read_only })
+    Ok(DiskArg {
+        path: PathBuf::from(path),
+        read_only,
+    })
 }
 
 #[cfg(unix)]
-fn hybrid_host(path: &std::path::Path) -> Result<VsockHost, krypton_devices::virtio::vsock::VsockHostError> {
+fn hybrid_host(
+    path: &std::path::Path,
+) -> Result<VsockHost, krypton_devices::virtio::vsock::VsockHostError> {
     VsockHost::unix(path)
 }
 
 #[cfg(windows)]
-fn hybrid_host(path: &std::path::Path) -> Result<VsockHost, krypton_devices::virtio::vsock::VsockHostError> {
+fn hybrid_host(
+    path: &std::path::Path,
+) -> Result<VsockHost, krypton_devices::virtio::vsock::VsockHostError> {
     VsockHost::named_pipe(path.to_string_lossy().into_owned())
 }
 
@@ -66,17 +73,24 @@ pub fn add_all(machine: &mut Machine, args: &DeviceArgs) -> Result<VsockHost, St
     for d in &args.disks {
         let blk = Block::new(&d.path, d.read_only)
             .map_err(|e| format!("disk {}: {}", d.path.display(), one_line(&e)))?;
-        machine.add_virtio_device(Box::new(blk)).map_err(|e| one_line(&e))?;
+        machine
+            .add_virtio_device(Box::new(blk))
+            .map_err(|e| one_line(&e))?;
     }
     if !args.no_rng {
-        machine.add_virtio_device(Box::new(Rng::new())).map_err(|e| one_line(&e))?;
+        machine
+            .add_virtio_device(Box::new(Rng::new()))
+            .map_err(|e| one_line(&e))?;
     }
     let host = match &args.vsock_uds {
         Some(path) => hybrid_host(path).map_err(|e| format!("vsock: {}", one_line(&e)))?,
         None => VsockHost::in_process().map_err(|e| format!("vsock: {}", one_line(&e)))?,
     };
-    let vsock = Vsock::new(args.cid, host.clone()).map_err(|e| format!("vsock: {}", one_line(&e)))?;
-    machine.add_virtio_device(Box::new(vsock)).map_err(|e| one_line(&e))?;
+    let vsock =
+        Vsock::new(args.cid, host.clone()).map_err(|e| format!("vsock: {}", one_line(&e)))?;
+    machine
+        .add_virtio_device(Box::new(vsock))
+        .map_err(|e| one_line(&e))?;
     Ok(host)
 }
 
@@ -86,8 +100,20 @@ mod tests {
 
     #[test]
     fn disk_options() {
-        assert_eq!(parse_disk("a.img"), Ok(DiskArg { path: "a.img".into(), read_only: false }));
-        assert_eq!(parse_disk("a,b.img,ro"), Ok(DiskArg { path: "a,b.img".into(), read_only: true }));
+        assert_eq!(
+            parse_disk("a.img"),
+            Ok(DiskArg {
+                path: "a.img".into(),
+                read_only: false
+            })
+        );
+        assert_eq!(
+            parse_disk("a,b.img,ro"),
+            Ok(DiskArg {
+                path: "a,b.img".into(),
+                read_only: true
+            })
+        );
         assert!(parse_disk("a.img,rx").is_err());
         assert!(parse_disk(",ro").is_err());
     }

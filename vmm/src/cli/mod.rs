@@ -23,7 +23,11 @@ pub mod status {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "krypton", version, about = "A micro-VMM for Linux guests on WHP and KVM")]
+#[command(
+    name = "krypton",
+    version,
+    about = "A micro-VMM for Linux guests on WHP and KVM"
+)]
 struct Cli {
     /// Log level for the VMM's own messages (error, warn, info, debug, trace).
     #[arg(long, global = true, default_value = "warn", value_parser = ["error", "warn", "info", "debug", "trace", "off"])]
@@ -68,9 +72,15 @@ pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
 /// when that line ends with a colon; usage and tips dropped.
 fn clap_one_line(text: &str) -> String {
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-    let mut out = lines.next().unwrap_or("invalid arguments").trim_start_matches("error: ").to_string();
+    let mut out = lines
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .to_string();
     if out.ends_with(':') {
-        let items: Vec<&str> = lines.take_while(|l| !l.starts_with("Usage:") && !l.starts_with("tip:")).collect();
+        let items: Vec<&str> = lines
+            .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("tip:"))
+            .collect();
         out.push(' ');
         out.push_str(&items.join(", "));
     }
@@ -94,9 +104,14 @@ pub fn main() -> ExitCode {
                 return ExitCode::from(status::OK);
             }
             if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-                return fail("a subcommand is required: boot, run or selftest (see 'krypton --help')");
+                return fail(
+                    "a subcommand is required: boot, run or selftest (see 'krypton --help')",
+                );
             }
-            return fail(&format!("{} (see 'krypton --help')", clap_one_line(&e.to_string())));
+            return fail(&format!(
+                "{} (see 'krypton --help')",
+                clap_one_line(&e.to_string())
+            ));
         }
     };
     env_logger::Builder::new()
@@ -121,5 +136,9 @@ fn selftest(args: SelftestArgs) -> ExitCode {
     {
         println!("{report}");
     }
-    if report.failed() == 0 { ExitCode::from(status::OK) } else { ExitCode::from(1) }
+    if report.failed() == 0 {
+        ExitCode::from(status::OK)
+    } else {
+        ExitCode::from(1)
+    }
 }

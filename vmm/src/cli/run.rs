@@ -78,7 +78,10 @@ fn parse_env(s: &str) -> Result<String, String> {
 }
 
 fn parse_user(s: &str) -> Result<(u32, u32), String> {
-    let num = |x: &str| x.parse::<u32>().map_err(|_| format!("'{x}' is not a numeric id"));
+    let num = |x: &str| {
+        x.parse::<u32>()
+            .map_err(|_| format!("'{x}' is not a numeric id"))
+    };
     match s.split_once(':') {
         Some((u, g)) => Ok((num(u)?, num(g)?)),
         None => num(s).map(|u| (u, u)),
@@ -102,12 +105,16 @@ fn default_asset(given: Option<PathBuf>, rel: &str, what: &str) -> Result<PathBu
     if let Some(p) = given {
         return Ok(p);
     }
-    let dir = asset_dir().ok_or_else(|| format!("no {what} given and no cache directory (set KRYPTON_CACHE)"))?;
+    let dir = asset_dir()
+        .ok_or_else(|| format!("no {what} given and no cache directory (set KRYPTON_CACHE)"))?;
     let p = dir.join(rel);
     if p.exists() {
         Ok(p)
     } else {
-        Err(format!("no {what} at {} (build the default guest with `cargo xtask run`, or pass one)", p.display()))
+        Err(format!(
+            "no {what} at {} (build the default guest with `cargo xtask run`, or pass one)",
+            p.display()
+        ))
     }
 }
 
@@ -140,7 +147,10 @@ impl ConsoleTail {
     fn last_line_with(&self, needle: &str) -> Option<String> {
         let b = self.buf.lock().unwrap_or_else(PoisonError::into_inner);
         let text = String::from_utf8_lossy(&b);
-        text.lines().rev().find(|l| l.contains(needle)).map(|l| l.trim().to_string())
+        text.lines()
+            .rev()
+            .find(|l| l.contains(needle))
+            .map(|l| l.trim().to_string())
     }
 }
 
@@ -157,10 +167,22 @@ fn run_inner(args: RunArgs) -> Result<u8, String> {
     let kernel = default_asset(args.kernel, "kernel/product-latest/vmlinux", "kernel")?;
     let initrd = default_asset(args.initrd, "images/initramfs.cpio", "initramfs")?;
     let rootfs = default_asset(args.rootfs, "images/rootfs.ext4", "rootfs")?;
-    let mem_limit = args.memory.map(|m| m.checked_mul(1 << 20).ok_or("--memory is too large")).transpose()?;
+    let mem_limit = args
+        .memory
+        .map(|m| m.checked_mul(1 << 20).ok_or("--memory is too large"))
+        .transpose()?;
     let vm_mem = args.memory.map_or(512, |m| m.saturating_add(128).max(256));
-    let devices = DeviceArgs { disks: vec![DiskArg { path: rootfs, read_only: true }], ..DeviceArgs::default() };
-    let console = ConsoleTail { echo: args.console, ..ConsoleTail::default() };
+    let devices = DeviceArgs {
+        disks: vec![DiskArg {
+            path: rootfs,
+            read_only: true,
+        }],
+        ..DeviceArgs::default()
+    };
+    let console = ConsoleTail {
+        echo: args.console,
+        ..ConsoleTail::default()
+    };
     let mut cmdline = krypton_boot::cmdline::default_cmdline();
     if !args.console {
         cmdline.push_str(" quiet");
@@ -186,7 +208,10 @@ fn run_inner(args: RunArgs) -> Result<u8, String> {
         interactive: args.interactive,
         rootfs: "/dev/vda".into(),
         hostname: args.hostname.unwrap_or_default(),
-        limits: Limits { memory_bytes: mem_limit, ..Limits::default() },
+        limits: Limits {
+            memory_bytes: mem_limit,
+            ..Limits::default()
+        },
         timeout,
     };
 
@@ -218,7 +243,9 @@ fn run_inner(args: RunArgs) -> Result<u8, String> {
                         break Err(None);
                     }
                     if started.elapsed() > timeout.unwrap_or(BOOT_TIMEOUT).min(BOOT_TIMEOUT) {
-                        break Err(Some(format!("the guest agent did not answer within {BOOT_TIMEOUT:?}: {e}")));
+                        break Err(Some(format!(
+                            "the guest agent did not answer within {BOOT_TIMEOUT:?}: {e}"
+                        )));
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -230,7 +257,9 @@ fn run_inner(args: RunArgs) -> Result<u8, String> {
         }
     });
     exit.request(GuestExit::HostStop);
-    let outcome = vm_thread.join().map_err(|_| "the VM thread panicked".to_string())?;
+    let outcome = vm_thread
+        .join()
+        .map_err(|_| "the VM thread panicked".to_string())?;
     finish(result, outcome, &console)
 }
 
@@ -253,7 +282,9 @@ fn finish(
             Ok(u8::try_from(e.exit_code()).unwrap_or(status::VMM_ERROR))
         }
         Err(Some(msg)) => Err(msg),
-        Err(None) => Err(format!("the guest stopped before its agent answered ({outcome:?})")),
+        Err(None) => Err(format!(
+            "the guest stopped before its agent answered ({outcome:?})"
+        )),
     }
 }
 
@@ -276,7 +307,10 @@ mod tests {
     #[test]
     fn missing_default_assets_say_how_to_build_them() {
         let err = default_asset(None, "definitely/not/here", "kernel").expect_err("absent");
-        assert!(err.contains("cargo xtask run") || err.contains("KRYPTON_CACHE"), "{err}");
+        assert!(
+            err.contains("cargo xtask run") || err.contains("KRYPTON_CACHE"),
+            "{err}"
+        );
         let p = PathBuf::from("/x/y");
         assert_eq!(default_asset(Some(p.clone()), "k", "kernel"), Ok(p));
     }

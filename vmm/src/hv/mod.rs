@@ -90,8 +90,13 @@ pub trait Vm: Send + Sync + MsiSink {
     /// # Safety
     /// `host` must point to `size` bytes that stay mapped, and are not
     /// otherwise freed, for the VM's lifetime.
-    unsafe fn map_memory(&self, slot: u32, guest_addr: u64, host: *mut u8, size: usize)
-    -> Result<(), HvError>;
+    unsafe fn map_memory(
+        &self,
+        slot: u32,
+        guest_addr: u64,
+        host: *mut u8,
+        size: usize,
+    ) -> Result<(), HvError>;
     /// Creates vCPU `id`. vCPU 0 is the boot processor; the others wait for
     /// INIT/SIPI from it.
     fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>, HvError>;
@@ -142,7 +147,11 @@ pub enum Backend {
 impl Backend {
     /// The backend native to this host OS.
     pub fn host_default() -> Self {
-        if cfg!(windows) { Backend::Whp } else { Backend::Kvm }
+        if cfg!(windows) {
+            Backend::Whp
+        } else {
+            Backend::Kvm
+        }
     }
 }
 
@@ -153,6 +162,8 @@ pub fn new(backend: Backend) -> Result<Box<dyn Hypervisor>, HvError> {
         Backend::Kvm => Ok(Box::new(kvm::Kvm::open()?)),
         Backend::Whp => whp::open(),
         #[allow(unreachable_patterns)]
-        _ => Err(HvError::Unavailable(format!("{backend:?} is not available on this OS"))),
+        _ => Err(HvError::Unavailable(format!(
+            "{backend:?} is not available on this OS"
+        ))),
     }
 }

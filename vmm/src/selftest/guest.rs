@@ -89,7 +89,10 @@ pub struct GuestAsm {
 
 impl std::fmt::Debug for GuestAsm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GuestAsm").field("mode", &self.mode).field("checks", &self.checks).finish()
+        f.debug_struct("GuestAsm")
+            .field("mode", &self.mode)
+            .field("checks", &self.checks)
+            .finish()
     }
 }
 
@@ -128,7 +131,10 @@ impl Assembled {
             return GuestVerdict::Pass;
         }
         let find = |base: u32, list: &[String]| {
-            value.checked_sub(base).and_then(|n| list.get(n as usize)).cloned()
+            value
+                .checked_sub(base)
+                .and_then(|n| list.get(n as usize))
+                .cloned()
         };
         if let Some(c) = find(FAIL_BASE, &self.checks) {
             return GuestVerdict::Failed(c);
@@ -155,7 +161,13 @@ impl GuestAsm {
         // In long mode a 32-bit move zero-extends into RSP.
         a.mov(esp, addr::STACK_TOP as u32)?;
         a.lidt(ptr(addr::IDTR))?;
-        Ok(GuestAsm { a, mode, checks: Vec::new(), skips: Vec::new(), vectors: Vec::new() })
+        Ok(GuestAsm {
+            a,
+            mode,
+            checks: Vec::new(),
+            skips: Vec::new(),
+            vectors: Vec::new(),
+        })
     }
 
     /// Writes `value` to the debug-exit port, then halts forever.
@@ -314,14 +326,26 @@ impl GuestAsm {
     /// Assembles for loading at [`addr::CODE`].
     pub fn assemble(mut self) -> Result<Assembled, CaseFailure> {
         // Real mode runs with CS base = CODE, so offsets start at 0.
-        let ip = if self.mode == Mode::Real { 0 } else { addr::CODE };
-        let res = self.a.assemble_options(ip, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)?;
+        let ip = if self.mode == Mode::Real {
+            0
+        } else {
+            addr::CODE
+        };
+        let res = self
+            .a
+            .assemble_options(ip, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)?;
         let mut vectors = Vec::new();
         for (v, label) in &self.vectors {
             vectors.push((*v, res.label_ip(label)? - ip));
         }
         let code = res.inner.code_buffer;
-        Ok(Assembled { mode: self.mode, code, vectors, checks: self.checks, skips: self.skips })
+        Ok(Assembled {
+            mode: self.mode,
+            code,
+            vectors,
+            checks: self.checks,
+            skips: self.skips,
+        })
     }
 }
 
@@ -339,7 +363,10 @@ pub fn memory_image(g: &Assembled) -> Vec<(u64, Vec<u8>)> {
     out.push((addr::IDTR, idtr));
     if g.mode == Mode::Real {
         let flat_data = 0x00cf_9200_0000_ffff_u64;
-        let gdt: Vec<u8> = [0, flat_data].iter().flat_map(|e: &u64| e.to_le_bytes()).collect();
+        let gdt: Vec<u8> = [0, flat_data]
+            .iter()
+            .flat_map(|e: &u64| e.to_le_bytes())
+            .collect();
         let mut gdtr = 15u16.to_le_bytes().to_vec();
         gdtr.extend_from_slice(&(addr::BIG_REAL_GDT as u32).to_le_bytes());
         out.push((addr::BIG_REAL_GDT, gdt));
@@ -359,7 +386,9 @@ pub fn memory_image(g: &Assembled) -> Vec<(u64, Vec<u8>)> {
                 out.push((addr::IDT + v * 8, e.to_le_bytes().to_vec()));
             }
             Mode::Long => {
-                let mut e = gate_low(target, entry::CODE64_SELECTOR).to_le_bytes().to_vec();
+                let mut e = gate_low(target, entry::CODE64_SELECTOR)
+                    .to_le_bytes()
+                    .to_vec();
                 e.extend_from_slice(&(target >> 32).to_le_bytes());
                 out.push((addr::IDT + v * 16, e));
             }
@@ -370,7 +399,10 @@ pub fn memory_image(g: &Assembled) -> Vec<(u64, Vec<u8>)> {
 
 /// The low 8 bytes of a present ring-0 interrupt gate.
 fn gate_low(target: u64, selector: u16) -> u64 {
-    (target & 0xffff) | (u64::from(selector) << 16) | (0x8e << 40) | (((target >> 16) & 0xffff) << 48)
+    (target & 0xffff)
+        | (u64::from(selector) << 16)
+        | (0x8e << 40)
+        | (((target >> 16) & 0xffff) << 48)
 }
 
 /// Highest address used by the code (for sizing RAM).

@@ -94,18 +94,46 @@ fn all_cases() -> Vec<Case> {
     add("mmio", &[Real, Protected, Long], cases::mmio);
     add("iret", &[Real, Protected, Long], cases::iret);
     add("soft-int", &[Real, Protected, Long], cases::soft_int);
-    add("ioapic-irq-hlt", &[Real, Protected, Long], cases::ioapic_irq);
-    add("ioapic-level-irq", &[Real, Protected, Long], cases::ioapic_level);
-    add("lapic-timer-oneshot", &[Real, Protected, Long], cases::timer_oneshot);
-    add("lapic-timer-periodic", &[Real, Protected, Long], cases::timer_periodic);
-    add("lapic-timer-tsc-deadline", &[Real, Protected, Long], cases::timer_tsc_deadline);
+    add(
+        "ioapic-irq-hlt",
+        &[Real, Protected, Long],
+        cases::ioapic_irq,
+    );
+    add(
+        "ioapic-level-irq",
+        &[Real, Protected, Long],
+        cases::ioapic_level,
+    );
+    add(
+        "lapic-timer-oneshot",
+        &[Real, Protected, Long],
+        cases::timer_oneshot,
+    );
+    add(
+        "lapic-timer-periodic",
+        &[Real, Protected, Long],
+        cases::timer_periodic,
+    );
+    add(
+        "lapic-timer-tsc-deadline",
+        &[Real, Protected, Long],
+        cases::timer_tsc_deadline,
+    );
     add("serial", &[Real, Protected, Long], cases::serial);
-    add("serial-input", &[Real, Protected, Long], cases::serial_input);
+    add(
+        "serial-input",
+        &[Real, Protected, Long],
+        cases::serial_input,
+    );
     add("serial-irq", &[Real, Protected, Long], cases::serial_irq);
     add("smp-init-sipi", &[Real, Protected, Long], cases::smp);
     add("debug-exit", &[Real, Protected, Long], cases::debug_exit);
     add("i8042-reset", &[Real, Protected, Long], cases::i8042_reset);
-    add("triple-fault", &[Real, Protected, Long], cases::triple_fault);
+    add(
+        "triple-fault",
+        &[Real, Protected, Long],
+        cases::triple_fault,
+    );
     v
 }
 
@@ -117,7 +145,11 @@ pub fn case_names() -> Vec<String> {
 /// Runs every case whose name contains `filter` (all if `None`).
 pub fn run_all(hv: &dyn Hypervisor, filter: Option<&str>) -> SelftestReport {
     let start = Instant::now();
-    let mut report = SelftestReport { backend: hv.name(), cases: Vec::new(), total: Default::default() };
+    let mut report = SelftestReport {
+        backend: hv.name(),
+        cases: Vec::new(),
+        total: Default::default(),
+    };
     // Entry modes that could not be entered, with the reason.
     let mut broken_modes: Vec<(Mode, String)> = Vec::new();
     for case in all_cases() {
@@ -145,11 +177,17 @@ pub fn run_all(hv: &dyn Hypervisor, filter: Option<&str>) -> SelftestReport {
         if case.base == "entry" {
             match &status {
                 Status::Pass => {}
-                Status::Fail(why) | Status::Skip(why) => broken_modes.push((case.mode, why.clone())),
+                Status::Fail(why) | Status::Skip(why) => {
+                    broken_modes.push((case.mode, why.clone()))
+                }
             }
         }
         log::info!("selftest {name}: {status:?}");
-        report.cases.push(CaseReport { name, status, duration: t.elapsed() });
+        report.cases.push(CaseReport {
+            name,
+            status,
+            duration: t.elapsed(),
+        });
     }
     report.total = start.elapsed();
     report

@@ -79,7 +79,10 @@ mod tests {
         let t = [("triple-fault", "internal error", "no shutdown exit")];
         let why = limitation_in(&t, "triple-fault-long", "vCPU 0: KVM internal error");
         assert_eq!(why, Some("no shutdown exit"));
-        assert_eq!(limitation_in(&t, "triple-fault-long", "expected Shutdown, got Reset"), None);
+        assert_eq!(
+            limitation_in(&t, "triple-fault-long", "expected Shutdown, got Reset"),
+            None
+        );
         assert_eq!(limitation_in(&t, "pio-long", "KVM internal error"), None);
     }
 }

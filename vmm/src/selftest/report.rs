@@ -77,7 +77,18 @@ impl fmt::Display for SelftestReport {
             let line = format!("{tag}  {:width$}  {ms:8.1} ms  {why}", c.name);
             writeln!(f, "{}", line.trim_end())?;
         }
-        writeln!(f, "selftest on {}: {:.2} s", self.backend, self.total.as_secs_f64())?;
-        write!(f, "{} passed, {} failed, {} skipped", self.passed(), self.failed(), self.skipped())
+        writeln!(
+            f,
+            "selftest on {}: {:.2} s",
+            self.backend,
+            self.total.as_secs_f64()
+        )?;
+        write!(
+            f,
+            "{} passed, {} failed, {} skipped",
+            self.passed(),
+            self.failed(),
+            self.skipped()
+        )
     }
 }

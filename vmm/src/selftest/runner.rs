@@ -22,13 +22,19 @@ pub struct Capture(Arc<Mutex<Vec<u8>>>);
 impl Capture {
     /// Everything written so far.
     pub fn bytes(&self) -> Vec<u8> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
 impl Write for Capture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(buf);
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -78,7 +84,12 @@ pub fn run(hv: &dyn Hypervisor, g: &Assembled, setup: Setup) -> Result<Ran, Case
         None => SerialOut::Null,
     };
     let cpus = setup.cpus.unwrap_or(1);
-    let cfg = MachineConfig { mem_mib: MEM_MIB, cpus, serial, hide_cpuid: Vec::new() };
+    let cfg = MachineConfig {
+        mem_mib: MEM_MIB,
+        cpus,
+        serial,
+        hide_cpuid: Vec::new(),
+    };
     let mut m = Machine::new(hv, cfg)?;
     for (base, len, dev) in setup.pio {
         m.add_pio_device(base, len, dev)?;
@@ -87,13 +98,21 @@ pub fn run(hv: &dyn Hypervisor, g: &Assembled, setup: Setup) -> Result<Ran, Case
         m.add_mmio_device(base, len, dev)?;
     }
     if let Some((pin, dev)) = setup.irq {
-        dev.lock().unwrap_or_else(PoisonError::into_inner).set_irq(m.irq_line(pin));
+        dev.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set_irq(m.irq_line(pin));
     }
     if !setup.serial_input.is_empty() {
-        let queued =
-            m.serial_input().lock().unwrap_or_else(PoisonError::into_inner).enqueue_input(&setup.serial_input);
+        let queued = m
+            .serial_input()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .enqueue_input(&setup.serial_input);
         if queued != setup.serial_input.len() {
-            return Err(CaseFailure::Fail(format!("COM1 accepted {queued} of {} input bytes", setup.serial_input.len())));
+            return Err(CaseFailure::Fail(format!(
+                "COM1 accepted {queued} of {} input bytes",
+                setup.serial_input.len()
+            )));
         }
     }
     let mem = m.memory().clone();
@@ -111,7 +130,11 @@ pub fn run(hv: &dyn Hypervisor, g: &Assembled, setup: Setup) -> Result<Ran, Case
     let outcome = m.run(boot, Some(setup.timeout.unwrap_or(TIMEOUT)))?;
     let actual = mem.read_obj::<u64>(GuestAddress(addr::ACTUAL))?;
     let count = mem.read_obj::<u32>(GuestAddress(addr::COUNT))?;
-    Ok(Ran { outcome, actual, count })
+    Ok(Ran {
+        outcome,
+        actual,
+        count,
+    })
 }
 
 /// Turns a run into pass / fail / skip for guests that end in debug-exit.
@@ -123,15 +146,17 @@ pub fn expect_pass(g: &Assembled, ran: &Ran) -> Result<(), CaseFailure> {
                 Err(CaseFailure::Fail(format!("{check}, saw {:#x}", ran.actual)))
             }
             GuestVerdict::Skipped(why) => Err(CaseFailure::Skip(why)),
-            GuestVerdict::Unknown(v) => {
-                Err(CaseFailure::Fail(format!("unexpected debug-exit value {v:#x}")))
-            }
+            GuestVerdict::Unknown(v) => Err(CaseFailure::Fail(format!(
+                "unexpected debug-exit value {v:#x}"
+            ))),
         },
         Outcome::Timeout => Err(CaseFailure::Fail(format!(
             "timed out before debug-exit (guest interrupt count {})",
             ran.count
         ))),
-        other => Err(CaseFailure::Fail(format!("expected debug-exit, got {other:?}"))),
+        other => Err(CaseFailure::Fail(format!(
+            "expected debug-exit, got {other:?}"
+        ))),
     }
 }
 
@@ -148,5 +173,8 @@ pub fn new_dev() -> Dev {
 
 /// The accesses `dev` recorded.
 pub fn log_of(dev: &Dev) -> Vec<super::testdev::Access> {
-    dev.lock().unwrap_or_else(PoisonError::into_inner).log().to_vec()
+    dev.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .log()
+        .to_vec()
 }

@@ -27,7 +27,9 @@ pub fn pattern(offset: u64) -> u8 {
 
 /// `n` pattern bytes starting at `offset`, as a little-endian integer.
 pub fn pattern_value(offset: u64, n: u64) -> u64 {
-    (0..n).rev().fold(0, |v, i| (v << 8) | u64::from(pattern(offset + i)))
+    (0..n)
+        .rev()
+        .fold(0, |v, i| (v << 8) | u64::from(pattern(offset + i)))
 }
 
 /// Direction of a recorded access.
@@ -53,11 +55,19 @@ pub struct Access {
 impl Access {
     /// A write access with `data`.
     pub fn write(offset: u64, data: &[u8]) -> Self {
-        Access { dir: Dir::Write, offset, data: data.to_vec() }
+        Access {
+            dir: Dir::Write,
+            offset,
+            data: data.to_vec(),
+        }
     }
     /// A read access of `n` bytes (with the pattern as data).
     pub fn read(offset: u64, n: u64) -> Self {
-        Access { dir: Dir::Read, offset, data: (0..n).map(|i| pattern(offset + i)).collect() }
+        Access {
+            dir: Dir::Read,
+            offset,
+            data: (0..n).map(|i| pattern(offset + i)).collect(),
+        }
     }
 }
 
@@ -71,7 +81,9 @@ pub struct TestDevice {
 
 impl std::fmt::Debug for TestDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestDevice").field("log", &self.log.len()).finish_non_exhaustive()
+        f.debug_struct("TestDevice")
+            .field("log", &self.log.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -129,7 +141,11 @@ impl BusDevice for TestDevice {
         for (i, b) in data.iter_mut().enumerate() {
             *b = pattern(offset.wrapping_add(i as u64));
         }
-        self.record(Access { dir: Dir::Read, offset, data: data.to_vec() });
+        self.record(Access {
+            dir: Dir::Read,
+            offset,
+            data: data.to_vec(),
+        });
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
@@ -139,7 +155,9 @@ impl BusDevice for TestDevice {
         } else if offset == IRQ_LEVEL_REG {
             match &self.irq {
                 Some(irq) => irq.set_level(data.iter().any(|b| *b != 0)),
-                None => krypton_devices::warn_ratelimited!("selftest device: IRQ level set but none wired"),
+                None => krypton_devices::warn_ratelimited!(
+                    "selftest device: IRQ level set but none wired"
+                ),
             }
         }
     }
@@ -177,7 +195,11 @@ mod tests {
         let mut sorted = bytes.clone();
         sorted.sort_unstable();
         sorted.dedup();
-        assert_eq!(sorted.len(), 16, "byte order would be invisible: {bytes:x?}");
+        assert_eq!(
+            sorted.len(),
+            16,
+            "byte order would be invisible: {bytes:x?}"
+        );
         assert!(bytes.iter().any(|b| *b >= 0x80) && bytes.iter().any(|b| *b < 0x80));
     }
 

@@ -16,17 +16,26 @@ fn mnemonics(g: &guest::Assembled) -> Vec<Mnemonic> {
         Mode::Protected => 32,
         Mode::Long => 64,
     };
-    Decoder::with_ip(bits, &g.code, 0, DecoderOptions::NONE).into_iter().map(|i| i.mnemonic()).collect()
+    Decoder::with_ip(bits, &g.code, 0, DecoderOptions::NONE)
+        .into_iter()
+        .map(|i| i.mnemonic())
+        .collect()
 }
 
 #[test]
 fn every_guest_assembles_in_its_modes() {
     for mode in MODES {
-        let g = cases::pio::pio_guest(mode).and_then(GuestAsm::assemble).expect("pio");
+        let g = cases::pio::pio_guest(mode)
+            .and_then(GuestAsm::assemble)
+            .expect("pio");
         assert!(mnemonics(&g).contains(&Mnemonic::In), "{mode:?}");
-        let g = cases::pio::pio_string_guest(mode).and_then(GuestAsm::assemble).expect("string");
+        let g = cases::pio::pio_string_guest(mode)
+            .and_then(GuestAsm::assemble)
+            .expect("string");
         assert!(mnemonics(&g).contains(&Mnemonic::Outsb));
-        let g = cases::mmio::mmio_guest(mode).and_then(GuestAsm::assemble).expect("mmio");
+        let g = cases::mmio::mmio_guest(mode)
+            .and_then(GuestAsm::assemble)
+            .expect("mmio");
         assert!(mnemonics(&g).contains(&Mnemonic::Stosd));
     }
     for mode in [Mode::Protected, Mode::Long] {
@@ -48,22 +57,32 @@ fn every_guest_assembles_in_its_modes() {
 #[test]
 fn smp_trampoline_is_real_mode_code_that_records_the_apic_id() {
     let code = cases::smp::trampoline().expect("asm");
-    let m: Vec<Mnemonic> =
-        Decoder::with_ip(16, &code, 0, DecoderOptions::NONE).into_iter().map(|i| i.mnemonic()).collect();
-    assert_eq!(&m[..4], &[Mnemonic::Xor, Mnemonic::Mov, Mnemonic::Mov, Mnemonic::Cpuid]);
+    let m: Vec<Mnemonic> = Decoder::with_ip(16, &code, 0, DecoderOptions::NONE)
+        .into_iter()
+        .map(|i| i.mnemonic())
+        .collect();
+    assert_eq!(
+        &m[..4],
+        &[Mnemonic::Xor, Mnemonic::Mov, Mnemonic::Mov, Mnemonic::Cpuid]
+    );
     assert!(code.len() < 0x1000);
 }
 
 #[test]
 fn interrupt_guests_install_their_handler() {
-    let g = cases::irq::ioapic_guest(Mode::Long).and_then(GuestAsm::assemble).expect("asm");
+    let g = cases::irq::ioapic_guest(Mode::Long)
+        .and_then(GuestAsm::assemble)
+        .expect("asm");
     assert_eq!(g.vectors.len(), 1);
     let (vector, off) = g.vectors[0];
     assert_eq!(vector, 0x40);
     assert!((off as usize) < g.code.len());
     // The long-mode IDT gate points at CODE + off.
     let image = guest::memory_image(&g);
-    let gate = image.iter().find(|(a, _)| *a == addr::IDT + 0x40 * 16).expect("gate");
+    let gate = image
+        .iter()
+        .find(|(a, _)| *a == addr::IDT + 0x40 * 16)
+        .expect("gate");
     let b = &gate.1;
     let target = u64::from(u16::from_le_bytes([b[0], b[1]]))
         | (u64::from(u16::from_le_bytes([b[6], b[7]])) << 16)
@@ -91,8 +110,15 @@ fn long_mode_page_tables_identity_map_the_apics() {
         assert_eq!(pa, va);
     }
     // The boot crate's tables stay clear of the guest's own areas.
-    for (name, a) in [("IDT", addr::IDT), ("DATA", addr::DATA), ("STACK", addr::STACK_TOP - 8)] {
-        assert!(a + 8 <= st.sregs.cr3 || a >= st.sregs.cr3 + 6 * 0x1000, "{name} overlaps page tables");
+    for (name, a) in [
+        ("IDT", addr::IDT),
+        ("DATA", addr::DATA),
+        ("STACK", addr::STACK_TOP - 8),
+    ] {
+        assert!(
+            a + 8 <= st.sregs.cr3 || a >= st.sregs.cr3 + 6 * 0x1000,
+            "{name} overlaps page tables"
+        );
     }
 }
 
@@ -112,9 +138,17 @@ fn entry_states_match_their_modes() {
     assert!(long.sregs.cs.l && !long.sregs.cs.db);
     assert_eq!(long.regs.rip, addr::CODE);
     // The guest's IDT gates use the code selectors the states load.
-    let g = cases::irq::ioapic_guest(Mode::Protected).and_then(GuestAsm::assemble).expect("asm");
-    let gate = guest::memory_image(&g).into_iter().find(|(a, _)| *a == addr::IDT + 0x40 * 8).expect("gate");
-    assert_eq!(u16::from_le_bytes([gate.1[2], gate.1[3]]), prot.sregs.cs.selector);
+    let g = cases::irq::ioapic_guest(Mode::Protected)
+        .and_then(GuestAsm::assemble)
+        .expect("asm");
+    let gate = guest::memory_image(&g)
+        .into_iter()
+        .find(|(a, _)| *a == addr::IDT + 0x40 * 8)
+        .expect("gate");
+    assert_eq!(
+        u16::from_le_bytes([gate.1[2], gate.1[3]]),
+        prot.sregs.cs.selector
+    );
 }
 
 #[test]
@@ -126,9 +160,17 @@ fn verdicts_name_the_failed_check() {
     g.skip("no feature").expect("skip");
     let g = g.assemble().expect("asm");
     assert_eq!(g.verdict(guest::PASS), GuestVerdict::Pass);
-    assert!(matches!(g.verdict(guest::FAIL_BASE + 1), GuestVerdict::Failed(s) if s.starts_with("second")));
-    assert_eq!(g.verdict(guest::SKIP_BASE), GuestVerdict::Skipped("no feature".into()));
-    assert_eq!(g.verdict(guest::FAIL_BASE + 2), GuestVerdict::Unknown(guest::FAIL_BASE + 2));
+    assert!(
+        matches!(g.verdict(guest::FAIL_BASE + 1), GuestVerdict::Failed(s) if s.starts_with("second"))
+    );
+    assert_eq!(
+        g.verdict(guest::SKIP_BASE),
+        GuestVerdict::Skipped("no feature".into())
+    );
+    assert_eq!(
+        g.verdict(guest::FAIL_BASE + 2),
+        GuestVerdict::Unknown(guest::FAIL_BASE + 2)
+    );
 }
 
 #[test]
@@ -136,9 +178,21 @@ fn report_prints_a_line_per_case_and_the_summary() {
     let r = SelftestReport {
         backend: "kvm",
         cases: vec![
-            CaseReport { name: "pio-real".into(), status: Status::Pass, duration: Duration::from_millis(3) },
-            CaseReport { name: "mmio-long".into(), status: Status::Fail("bad".into()), duration: Duration::ZERO },
-            CaseReport { name: "x".into(), status: Status::Skip("why".into()), duration: Duration::ZERO },
+            CaseReport {
+                name: "pio-real".into(),
+                status: Status::Pass,
+                duration: Duration::from_millis(3),
+            },
+            CaseReport {
+                name: "mmio-long".into(),
+                status: Status::Fail("bad".into()),
+                duration: Duration::ZERO,
+            },
+            CaseReport {
+                name: "x".into(),
+                status: Status::Skip("why".into()),
+                duration: Duration::ZERO,
+            },
         ],
         total: Duration::from_millis(5),
     };

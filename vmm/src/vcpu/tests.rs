@@ -104,10 +104,26 @@ fn io_and_mmio_exits_reach_the_device_at_the_right_offset() {
     let dev = Arc::new(Mutex::new(Scratch::default()));
     let ctx = context(dev.clone(), Arc::default());
     let stop = AtomicBool::new(false);
-    let mut v = FakeVcpu { addr: 0x3fd, write: Some(vec![0x41]), read_len: 0, read_result: vec![] };
-    assert!(matches!(handle_exit(VcpuExit::Io, &mut v, &ctx, &stop), Ok(Flow::Continue)));
-    let mut m = FakeVcpu { addr: 0xd000_0070, write: None, read_len: 4, read_result: vec![] };
-    assert!(matches!(handle_exit(VcpuExit::Mmio, &mut m, &ctx, &stop), Ok(Flow::Continue)));
+    let mut v = FakeVcpu {
+        addr: 0x3fd,
+        write: Some(vec![0x41]),
+        read_len: 0,
+        read_result: vec![],
+    };
+    assert!(matches!(
+        handle_exit(VcpuExit::Io, &mut v, &ctx, &stop),
+        Ok(Flow::Continue)
+    ));
+    let mut m = FakeVcpu {
+        addr: 0xd000_0070,
+        write: None,
+        read_len: 4,
+        read_result: vec![],
+    };
+    assert!(matches!(
+        handle_exit(VcpuExit::Mmio, &mut m, &ctx, &stop),
+        Ok(Flow::Continue)
+    ));
     assert_eq!(m.read_result, vec![0x70, 0x71, 0x72, 0x73]);
     assert_eq!(dev.lock().expect("lock").last_write, vec![(5, vec![0x41])]);
 }
@@ -116,8 +132,16 @@ fn io_and_mmio_exits_reach_the_device_at_the_right_offset() {
 fn unclaimed_mmio_read_is_all_ones_not_fatal() {
     let ctx = context(Arc::default(), Arc::default());
     let stop = AtomicBool::new(false);
-    let mut m = FakeVcpu { addr: 0xe000_0000, write: None, read_len: 2, read_result: vec![] };
-    assert!(matches!(handle_exit(VcpuExit::Mmio, &mut m, &ctx, &stop), Ok(Flow::Continue)));
+    let mut m = FakeVcpu {
+        addr: 0xe000_0000,
+        write: None,
+        read_len: 2,
+        read_result: vec![],
+    };
+    assert!(matches!(
+        handle_exit(VcpuExit::Mmio, &mut m, &ctx, &stop),
+        Ok(Flow::Continue)
+    ));
     assert_eq!(m.read_result, vec![0xff, 0xff]);
 }
 
@@ -126,10 +150,21 @@ fn eoi_is_forwarded_and_stop_reasons_map() {
     let eoi = Arc::new(AtomicU8::new(0));
     let ctx = context(Arc::default(), eoi.clone());
     let stop = AtomicBool::new(false);
-    let mut v = FakeVcpu { addr: 0, write: None, read_len: 0, read_result: vec![] };
-    assert!(matches!(handle_exit(VcpuExit::IoapicEoi(0x31), &mut v, &ctx, &stop), Ok(Flow::Continue)));
+    let mut v = FakeVcpu {
+        addr: 0,
+        write: None,
+        read_len: 0,
+        read_result: vec![],
+    };
+    assert!(matches!(
+        handle_exit(VcpuExit::IoapicEoi(0x31), &mut v, &ctx, &stop),
+        Ok(Flow::Continue)
+    ));
     assert_eq!(eoi.load(Ordering::SeqCst), 0x31);
-    assert!(matches!(handle_exit(VcpuExit::Canceled, &mut v, &ctx, &stop), Ok(Flow::Continue)));
+    assert!(matches!(
+        handle_exit(VcpuExit::Canceled, &mut v, &ctx, &stop),
+        Ok(Flow::Continue)
+    ));
     assert!(matches!(
         handle_exit(VcpuExit::Shutdown, &mut v, &ctx, &stop),
         Ok(Flow::Stop(VcpuStop::Shutdown))

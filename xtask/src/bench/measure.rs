@@ -22,11 +22,23 @@ impl Stats {
         let mut v = samples.to_vec();
         v.sort_by(f64::total_cmp);
         if v.is_empty() {
-            return Stats { median: 0.0, min: 0.0, max: 0.0 };
+            return Stats {
+                median: 0.0,
+                min: 0.0,
+                max: 0.0,
+            };
         }
         let n = v.len();
-        let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
-        Stats { median, min: v[0], max: v[n - 1] }
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Stats {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        }
     }
 }
 
@@ -69,7 +81,15 @@ impl VmmCmd {
             }
             VmmCmd::Qemu(bin) => {
                 let mut c = Command::new(bin);
-                c.args(["-M", "microvm", "-accel", "kvm", "-m", &format!("{mem_mib}M"), "-kernel"]);
+                c.args([
+                    "-M",
+                    "microvm",
+                    "-accel",
+                    "kvm",
+                    "-m",
+                    &format!("{mem_mib}M"),
+                    "-kernel",
+                ]);
                 c.arg(elf);
                 c.args([
                     "-device",
@@ -87,9 +107,13 @@ impl VmmCmd {
     /// debug-exit (status 1), otherwise this is an error.
     pub fn time_to_exit(&self, elf: &Path, mem_mib: u64) -> Result<f64> {
         let mut c = self.command(elf, mem_mib);
-        c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let t = Instant::now();
-        let out = c.output().with_context(|| format!("starting {}", self.name()))?;
+        let out = c
+            .output()
+            .with_context(|| format!("starting {}", self.name()))?;
         let ms = t.elapsed().as_secs_f64() * 1000.0;
         if out.status.code() != Some(EXPECTED_STATUS) {
             bail!(
@@ -127,7 +151,8 @@ fn settle_and_measure(pid: u32, mem_mib: u64, child: &mut std::process::Child) -
         if let Some(st) = child.try_wait()? {
             bail!("exited early with {st}");
         }
-        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).context("reading smaps")?;
+        let smaps =
+            std::fs::read_to_string(format!("/proc/{pid}/smaps")).context("reading smaps")?;
         let m = overhead(&smaps, mem_mib << 10);
         if last.is_some_and(|l: Overhead| l.outside_kib == m.outside_kib) {
             return Ok(m);
@@ -139,7 +164,11 @@ fn settle_and_measure(pid: u32, mem_mib: u64, child: &mut std::process::Child) -
 
 /// Sums an smaps text: mappings at least `ram_kib` large count as guest RAM.
 pub fn overhead(smaps: &str, ram_kib: u64) -> Overhead {
-    let mut o = Overhead { outside_kib: 0, private_outside_kib: 0, ram_kib: 0 };
+    let mut o = Overhead {
+        outside_kib: 0,
+        private_outside_kib: 0,
+        ram_kib: 0,
+    };
     let mut is_ram = false;
     for line in smaps.lines() {
         let mut f = line.split_whitespace();
@@ -148,7 +177,12 @@ pub fn overhead(smaps: &str, ram_kib: u64) -> Overhead {
             // Mapping header: "start-end perms offset dev inode [path]".
             is_ram = key
                 .split_once('-')
-                .and_then(|(a, b)| Some((u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?)))
+                .and_then(|(a, b)| {
+                    Some((
+                        u64::from_str_radix(a, 16).ok()?,
+                        u64::from_str_radix(b, 16).ok()?,
+                    ))
+                })
                 .is_some_and(|(a, b)| (b - a) >> 10 >= ram_kib);
             continue;
         }

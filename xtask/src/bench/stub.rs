@@ -123,9 +123,23 @@ pub fn elf(code: &[u8]) -> Vec<u8> {
     push16(&mut f, 64); // e_shentsize
     push16(&mut f, 0); // e_shnum
     push16(&mut f, 0); // e_shstrndx
-    let load = Phdr { p_type: 1, flags: 5, offset: CODE_OFF, addr: LOAD_ADDR, size: code.len() as u64, align: 0x1000 };
+    let load = Phdr {
+        p_type: 1,
+        flags: 5,
+        offset: CODE_OFF,
+        addr: LOAD_ADDR,
+        size: code.len() as u64,
+        align: 0x1000,
+    };
     push_phdr(&mut f, &load);
-    let pnote = Phdr { p_type: 4, flags: 4, offset: note_off, addr: 0, size: note.len() as u64, align: 4 };
+    let pnote = Phdr {
+        p_type: 4,
+        flags: 4,
+        offset: note_off,
+        addr: 0,
+        size: note.len() as u64,
+        align: 4,
+    };
     push_phdr(&mut f, &pnote);
     f.extend_from_slice(&note);
     f.resize(CODE_OFF as usize, 0);

@@ -14,8 +14,9 @@ const ARAT_EAX: u32 = 1 << 2;
 
 /// KVM's supported CPUID adjusted for this VM (vCPU-independent part).
 pub(super) fn build(kvm: &kvm_ioctls::Kvm, config: &VmConfig) -> Result<CpuId, HvError> {
-    let mut cpuid =
-        kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(call_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let mut cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(call_err("KVM_GET_SUPPORTED_CPUID"))?;
     adjust(cpuid.as_mut_slice(), config);
     Ok(cpuid)
 }
@@ -63,7 +64,11 @@ mod tests {
     use super::*;
 
     fn entry(function: u32, index: u32) -> kvm_cpuid_entry2 {
-        kvm_cpuid_entry2 { function, index, ..Default::default() }
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -71,7 +76,10 @@ mod tests {
         let mut e = [entry(1, 0), entry(6, 0), entry(0x4000_0000, 0)];
         e[2].ebx = 0x4b4d_564b; // "KVMK"
         e[2].eax = 0x4000_0001;
-        let cfg = VmConfig { cpus: 2, ..Default::default() };
+        let cfg = VmConfig {
+            cpus: 2,
+            ..Default::default()
+        };
         adjust(&mut e, &cfg);
         assert_ne!(e[0].ecx & TSC_DEADLINE_ECX, 0);
         assert_eq!((e[0].ebx >> 16) & 0xff, 2);
@@ -87,7 +95,10 @@ mod tests {
         e[1].flags = 1; // significant index
         e[2].flags = 1;
         e[2].edx = 1 << 29;
-        let cfg = VmConfig { cpus: 1, hide_cpuid: vec![(1, 0, 2, 13), (7, 0, 3, 29)] };
+        let cfg = VmConfig {
+            cpus: 1,
+            hide_cpuid: vec![(1, 0, 2, 13), (7, 0, 3, 29)],
+        };
         adjust(&mut e, &cfg);
         assert_eq!(e[0].ecx & (1 << 13), 0);
         assert_eq!(e[1].edx & (1 << 29), 0);

@@ -24,7 +24,10 @@ const IOAPIC_PINS: u64 = 24;
 const TSS_ADDRESS: usize = 0xfffb_d000;
 
 fn call_err(call: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> HvError {
-    move |e| HvError::Call { call, source: std::io::Error::from_raw_os_error(e.errno()) }
+    move |e| HvError::Call {
+        call,
+        source: std::io::Error::from_raw_os_error(e.errno()),
+    }
 }
 
 /// An open /dev/kvm.
@@ -48,7 +51,10 @@ impl Kvm {
                 libc::EACCES | libc::EPERM => {
                     format!("no permission to open {shown} (add yourself to the kvm group)")
                 }
-                n => format!("cannot open {shown}: {}", std::io::Error::from_raw_os_error(n)),
+                n => format!(
+                    "cannot open {shown}: {}",
+                    std::io::Error::from_raw_os_error(n)
+                ),
             };
             HvError::Unavailable(why)
         })?;
@@ -60,7 +66,9 @@ impl Kvm {
             (Cap::ExtCpuid, "KVM_GET_SUPPORTED_CPUID"),
         ] {
             if !kvm.check_extension(cap) {
-                return Err(HvError::Unavailable(format!("KVM lacks the {name} capability")));
+                return Err(HvError::Unavailable(format!(
+                    "KVM lacks the {name} capability"
+                )));
             }
         }
         vcpu::install_kick_handler()?;
@@ -82,12 +90,22 @@ impl Hypervisor for Kvm {
             )));
         }
         let fd = self.kvm.create_vm().map_err(call_err("KVM_CREATE_VM"))?;
-        fd.set_tss_address(TSS_ADDRESS).map_err(call_err("KVM_SET_TSS_ADDR"))?;
-        let mut cap = kvm_enable_cap { cap: KVM_CAP_SPLIT_IRQCHIP, ..Default::default() };
+        fd.set_tss_address(TSS_ADDRESS)
+            .map_err(call_err("KVM_SET_TSS_ADDR"))?;
+        let mut cap = kvm_enable_cap {
+            cap: KVM_CAP_SPLIT_IRQCHIP,
+            ..Default::default()
+        };
         cap.args[0] = IOAPIC_PINS;
-        fd.enable_cap(&cap).map_err(call_err("KVM_ENABLE_CAP(SPLIT_IRQCHIP)"))?;
+        fd.enable_cap(&cap)
+            .map_err(call_err("KVM_ENABLE_CAP(SPLIT_IRQCHIP)"))?;
         let cpuid = cpuid::build(&self.kvm, config)?;
-        Ok(Arc::new(KvmVm { fd, cpuid, cpus: config.cpus, level_routes: Mutex::new(Vec::new()) }))
+        Ok(Arc::new(KvmVm {
+            fd,
+            cpuid,
+            cpus: config.cpus,
+            level_routes: Mutex::new(Vec::new()),
+        }))
     }
 }
 
@@ -106,7 +124,10 @@ impl KvmVm {
     /// Installs `msi` as a GSI route so KVM reports `KVM_EXIT_IOAPIC_EOI`
     /// for its vector. KVM only scans routes on the reserved IOAPIC GSIs.
     fn note_level_msi(&self, msi: Msi) {
-        let mut routes = self.level_routes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut routes = self
+            .level_routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if routes.contains(&msi) {
             return;
         }
@@ -119,7 +140,11 @@ impl KvmVm {
         let Ok(mut table) = KvmIrqRouting::new(routes.len()) else {
             return;
         };
-        for (entry, (gsi, m)) in table.as_mut_slice().iter_mut().zip(routes.iter().enumerate()) {
+        for (entry, (gsi, m)) in table
+            .as_mut_slice()
+            .iter_mut()
+            .zip(routes.iter().enumerate())
+        {
             let mut e = kvm_irq_routing_entry {
                 gsi: gsi as u32,
                 type_: KVM_IRQ_ROUTING_MSI,
@@ -179,7 +204,10 @@ impl Vm for KvmVm {
         if id >= self.cpus {
             return Err(HvError::Unavailable(format!("vCPU {id} out of range")));
         }
-        let fd = self.fd.create_vcpu(u64::from(id)).map_err(call_err("KVM_CREATE_VCPU"))?;
+        let fd = self
+            .fd
+            .create_vcpu(u64::from(id))
+            .map_err(call_err("KVM_CREATE_VCPU"))?;
         let cpuid = cpuid::for_vcpu(&self.cpuid, id, self.cpus);
         fd.set_cpuid2(&cpuid).map_err(call_err("KVM_SET_CPUID2"))?;
         Ok(Box::new(KvmVcpu::new(fd, id)))

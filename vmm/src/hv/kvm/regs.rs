@@ -86,11 +86,18 @@ fn from_seg(s: &kvm_segment) -> Segment {
 }
 
 fn to_dt(d: &DescriptorTable) -> kvm_dtable {
-    kvm_dtable { base: d.base, limit: d.limit, padding: [0; 3] }
+    kvm_dtable {
+        base: d.base,
+        limit: d.limit,
+        padding: [0; 3],
+    }
 }
 
 fn from_dt(d: &kvm_dtable) -> DescriptorTable {
-    DescriptorTable { base: d.base, limit: d.limit }
+    DescriptorTable {
+        base: d.base,
+        limit: d.limit,
+    }
 }
 
 /// Overlays `s` on the vCPU's current `k`, keeping KVM's APIC base when the
@@ -145,19 +152,39 @@ mod tests {
 
     #[test]
     fn regs_round_trip() {
-        let r = Regs { rax: 1, rbx: 2, r15: 15, rip: 0x1000, rflags: 2, ..Default::default() };
+        let r = Regs {
+            rax: 1,
+            rbx: 2,
+            r15: 15,
+            rip: 0x1000,
+            rflags: 2,
+            ..Default::default()
+        };
         assert_eq!(from_kvm_regs(&to_kvm_regs(&r)), r);
     }
 
     #[test]
     fn sregs_round_trip_keeps_apic_base_when_unset() {
         let s = Sregs {
-            cs: Segment { base: 0, limit: 0xffff_ffff, selector: 8, type_: 0xb, present: true, s: true, l: true, g: true, ..Default::default() },
+            cs: Segment {
+                base: 0,
+                limit: 0xffff_ffff,
+                selector: 8,
+                type_: 0xb,
+                present: true,
+                s: true,
+                l: true,
+                g: true,
+                ..Default::default()
+            },
             cr0: 0x8000_0011,
             efer: 0x500,
             ..Default::default()
         };
-        let mut k = kvm_sregs { apic_base: 0xfee0_0900, ..Default::default() };
+        let mut k = kvm_sregs {
+            apic_base: 0xfee0_0900,
+            ..Default::default()
+        };
         apply_sregs(&mut k, &s);
         assert_eq!(k.apic_base, 0xfee0_0900);
         let back = from_kvm_sregs(&k);

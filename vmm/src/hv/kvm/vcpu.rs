@@ -75,7 +75,11 @@ pub struct KvmVcpu {
 
 impl KvmVcpu {
     pub(super) fn new(fd: VcpuFd, id: u8) -> Self {
-        KvmVcpu { fd, id, kick: Arc::default() }
+        KvmVcpu {
+            fd,
+            id,
+            kick: Arc::default(),
+        }
     }
 }
 
@@ -140,7 +144,9 @@ impl Vcpu for KvmVcpu {
     fn handle_io(&mut self, f: &mut dyn FnMut(u16, IoOp<'_>)) -> Result<(), HvError> {
         let run = self.fd.get_kvm_run();
         if run.exit_reason != KVM_EXIT_IO {
-            return Err(HvError::Guest("handle_io without a pending port I/O exit".into()));
+            return Err(HvError::Guest(
+                "handle_io without a pending port I/O exit".into(),
+            ));
         }
         // SAFETY: exit_reason is KVM_EXIT_IO, so `io` is the active field.
         let io = unsafe { run.__bindgen_anon_1.io };
@@ -151,7 +157,10 @@ impl Vcpu for KvmVcpu {
         // The data area lies inside the kvm_run mapping (one or more pages);
         // KVM guarantees it, but refuse anything that would leave the page.
         if !matches!(size, 1 | 2 | 4) || offset < run_size || offset + total > 4096 * 4 {
-            return Err(HvError::Guest(format!("bad port I/O exit: size {size}, count {}", io.count)));
+            return Err(HvError::Guest(format!(
+                "bad port I/O exit: size {size}, count {}",
+                io.count
+            )));
         }
         let base = (run as *mut kvm_run).cast::<u8>();
         // SAFETY: `offset` lies inside the kvm_run mapping (checked above).
@@ -172,7 +181,9 @@ impl Vcpu for KvmVcpu {
     fn handle_mmio(&mut self, f: &mut dyn FnMut(u64, IoOp<'_>)) -> Result<(), HvError> {
         let run = self.fd.get_kvm_run();
         if run.exit_reason != KVM_EXIT_MMIO {
-            return Err(HvError::Guest("handle_mmio without a pending MMIO exit".into()));
+            return Err(HvError::Guest(
+                "handle_mmio without a pending MMIO exit".into(),
+            ));
         }
         // SAFETY: exit_reason is KVM_EXIT_MMIO, so `mmio` is the active field.
         let mmio = unsafe { &mut run.__bindgen_anon_1.mmio };
@@ -186,15 +197,23 @@ impl Vcpu for KvmVcpu {
     }
 
     fn regs(&self) -> Result<Regs, HvError> {
-        self.fd.get_regs().map(|r| regs::from_kvm_regs(&r)).map_err(call_err("KVM_GET_REGS"))
+        self.fd
+            .get_regs()
+            .map(|r| regs::from_kvm_regs(&r))
+            .map_err(call_err("KVM_GET_REGS"))
     }
 
     fn set_regs(&mut self, r: &Regs) -> Result<(), HvError> {
-        self.fd.set_regs(&regs::to_kvm_regs(r)).map_err(call_err("KVM_SET_REGS"))
+        self.fd
+            .set_regs(&regs::to_kvm_regs(r))
+            .map_err(call_err("KVM_SET_REGS"))
     }
 
     fn sregs(&self) -> Result<Sregs, HvError> {
-        self.fd.get_sregs().map(|s| regs::from_kvm_sregs(&s)).map_err(call_err("KVM_GET_SREGS"))
+        self.fd
+            .get_sregs()
+            .map(|s| regs::from_kvm_sregs(&s))
+            .map_err(call_err("KVM_GET_SREGS"))
     }
 
     fn set_sregs(&mut self, s: &Sregs) -> Result<(), HvError> {
@@ -206,11 +225,14 @@ impl Vcpu for KvmVcpu {
     fn set_msrs(&mut self, msrs: &[(u32, u64)]) -> Result<(), HvError> {
         let entries: Vec<kvm_bindings::kvm_msr_entry> = msrs
             .iter()
-            .map(|&(index, data)| kvm_bindings::kvm_msr_entry { index, data, ..Default::default() })
+            .map(|&(index, data)| kvm_bindings::kvm_msr_entry {
+                index,
+                data,
+                ..Default::default()
+            })
             .collect();
-        let list = kvm_bindings::Msrs::from_entries(&entries).map_err(|_| {
-            HvError::Guest(format!("too many MSRs ({})", entries.len()))
-        })?;
+        let list = kvm_bindings::Msrs::from_entries(&entries)
+            .map_err(|_| HvError::Guest(format!("too many MSRs ({})", entries.len())))?;
         let n = self.fd.set_msrs(&list).map_err(call_err("KVM_SET_MSRS"))?;
         if n != entries.len() {
             return Err(HvError::Guest(format!(
@@ -222,7 +244,10 @@ impl Vcpu for KvmVcpu {
     }
 
     fn translate_gva(&self, gva: u64, _write: bool) -> Result<Option<u64>, HvError> {
-        let t = self.fd.translate_gva(gva).map_err(call_err("KVM_TRANSLATE"))?;
+        let t = self
+            .fd
+            .translate_gva(gva)
+            .map_err(call_err("KVM_TRANSLATE"))?;
         Ok((t.valid != 0).then_some(t.physical_address))
     }
 

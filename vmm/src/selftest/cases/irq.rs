@@ -102,7 +102,10 @@ pub fn ioapic_guest(mode: Mode) -> Result<GuestAsm, CaseFailure> {
     g.a.mov(eax, dword_ptr(g.at(0x10)))?;
     g.a.shr(eax, 16)?;
     g.a.and(eax, 0xff)?;
-    g.expect_eax(u32::from(IOAPIC_PINS) - 1, "IOAPIC version: highest redirection entry")?;
+    g.expect_eax(
+        u32::from(IOAPIC_PINS) - 1,
+        "IOAPIC version: highest redirection entry",
+    )?;
     // Redirection entry: vector, fixed, physical, edge, unmasked, to APIC 0.
     route_test_pin(&mut g, 0)?;
     g.a.mov(dword_ptr(g.at(0)), 0x10 + 2 * pin)?;
@@ -225,7 +228,10 @@ pub fn serial_irq_guest(mode: Mode) -> Result<GuestAsm, CaseFailure> {
     g.a.mov(dx, IIR)?;
     g.a.in_(al, dx)?;
     g.a.and(al, 0x0f_u32)?;
-    g.expect_al(0x01, "COM1 IIR after the interrupt was identified (none pending)")?;
+    g.expect_al(
+        0x01,
+        "COM1 IIR after the interrupt was identified (none pending)",
+    )?;
     g.pass()?;
     emit_handler(&mut g)?;
     Ok(g)

@@ -25,7 +25,9 @@ fn sext32(off: u64, n: u64) -> u32 {
 
 /// First offset >= `from` whose `n`-byte pattern is negative.
 fn negative_at(from: u64, n: u64) -> u64 {
-    (from..from + 256).find(|o| pattern(o + n - 1) >= 0x80).unwrap_or(from)
+    (from..from + 256)
+        .find(|o| pattern(o + n - 1) >= 0x80)
+        .unwrap_or(from)
 }
 
 const STOSB_COUNT: u64 = 4;
@@ -138,7 +140,10 @@ pub fn mmio_guest(mode: Mode) -> Result<GuestAsm, CaseFailure> {
 /// every access (offset, size, data) checked by the host.
 pub fn mmio(hv: &dyn Hypervisor, mode: Mode) -> Result<(), CaseFailure> {
     let dev = runner::new_dev();
-    let setup = Setup { mmio: vec![(BASE, LEN, dev.clone())], ..Setup::default() };
+    let setup = Setup {
+        mmio: vec![(BASE, LEN, dev.clone())],
+        ..Setup::default()
+    };
     runner::run_to_pass(hv, &mmio_guest(mode)?.assemble()?, setup)?;
     compare_log("MMIO", &runner::log_of(&dev), &mmio_expected(mode))
 }

@@ -6,7 +6,9 @@ pub(super) mod mmio;
 pub(super) mod pio;
 pub(super) mod smp;
 
-pub use irq::{ioapic_irq, ioapic_level, serial_irq, timer_oneshot, timer_periodic, timer_tsc_deadline};
+pub use irq::{
+    ioapic_irq, ioapic_level, serial_irq, timer_oneshot, timer_periodic, timer_tsc_deadline,
+};
 pub use mmio::mmio;
 pub use pio::{pio, pio_string};
 pub use smp::smp;
@@ -95,7 +97,9 @@ pub fn debug_exit(hv: &dyn Hypervisor, mode: Mode) -> Result<(), CaseFailure> {
     let ran = runner::run(hv, &g.assemble()?, Setup::default())?;
     match ran.outcome {
         Outcome::DebugExit(EXIT_VALUE) => Ok(()),
-        other => Err(CaseFailure::Fail(format!("expected DebugExit({EXIT_VALUE:#x}), got {other:?}"))),
+        other => Err(CaseFailure::Fail(format!(
+            "expected DebugExit({EXIT_VALUE:#x}), got {other:?}"
+        ))),
     }
 }
 
@@ -126,10 +130,15 @@ fn expect_outcome(hv: &dyn Hypervisor, g: GuestAsm, want: Outcome) -> Result<(),
     }
     if let Outcome::DebugExit(_) = ran.outcome {
         // The guest's fallback after the instruction that should have ended it.
-        let why = runner::expect_pass(&g, &ran).err().map_or_else(String::new, |e| e.to_string());
+        let why = runner::expect_pass(&g, &ran)
+            .err()
+            .map_or_else(String::new, |e| e.to_string());
         return Err(CaseFailure::Fail(format!("expected {want:?}: {why}")));
     }
-    Err(CaseFailure::Fail(format!("expected {want:?}, got {:?}", ran.outcome)))
+    Err(CaseFailure::Fail(format!(
+        "expected {want:?}, got {:?}",
+        ran.outcome
+    )))
 }
 
 /// The text the serial case prints.
@@ -157,7 +166,10 @@ pub fn serial(hv: &dyn Hypervisor, mode: Mode) -> Result<(), CaseFailure> {
     }
     g.pass()?;
     let cap = Capture::default();
-    let setup = Setup { serial: Some(cap.clone()), ..Setup::default() };
+    let setup = Setup {
+        serial: Some(cap.clone()),
+        ..Setup::default()
+    };
     runner::run_to_pass(hv, &g.assemble()?, setup)?;
     let got = cap.bytes();
     if got != SERIAL_TEXT {
@@ -193,7 +205,10 @@ pub fn serial_input(hv: &dyn Hypervisor, mode: Mode) -> Result<(), CaseFailure> 
     g.a.and(al, DR)?;
     g.expect_al(0, "LSR.DR after the last input byte")?;
     g.pass()?;
-    let setup = Setup { serial_input: SERIAL_INPUT.to_vec(), ..Setup::default() };
+    let setup = Setup {
+        serial_input: SERIAL_INPUT.to_vec(),
+        ..Setup::default()
+    };
     runner::run_to_pass(hv, &g.assemble()?, setup)
 }
 
@@ -207,7 +222,9 @@ pub(super) fn compare_log(
         match got.get(i) {
             Some(g) if g == w => {}
             Some(g) => {
-                return Err(CaseFailure::Fail(format!("{what}: access {i} was {g:x?}, expected {w:x?}")));
+                return Err(CaseFailure::Fail(format!(
+                    "{what}: access {i} was {g:x?}, expected {w:x?}"
+                )));
             }
             None => {
                 return Err(CaseFailure::Fail(format!(

@@ -72,7 +72,10 @@ pub fn pio_guest(mode: Mode) -> Result<GuestAsm, CaseFailure> {
 /// by the host's recording device (writes, offsets and sizes).
 pub fn pio(hv: &dyn Hypervisor, mode: Mode) -> Result<(), CaseFailure> {
     let dev = runner::new_dev();
-    let setup = Setup { pio: vec![(PORT, LEN, dev.clone())], ..Setup::default() };
+    let setup = Setup {
+        pio: vec![(PORT, LEN, dev.clone())],
+        ..Setup::default()
+    };
     runner::run_to_pass(hv, &pio_guest(mode)?.assemble()?, setup)?;
     compare_log("port I/O", &runner::log_of(&dev), &pio_expected())
 }
@@ -116,7 +119,14 @@ pub fn pio_string_guest(mode: Mode) -> Result<GuestAsm, CaseFailure> {
 /// String port I/O: each element is one access of the element size.
 pub fn pio_string(hv: &dyn Hypervisor, mode: Mode) -> Result<(), CaseFailure> {
     let dev = runner::new_dev();
-    let setup = Setup { pio: vec![(PORT, LEN, dev.clone())], ..Setup::default() };
+    let setup = Setup {
+        pio: vec![(PORT, LEN, dev.clone())],
+        ..Setup::default()
+    };
     runner::run_to_pass(hv, &pio_string_guest(mode)?.assemble()?, setup)?;
-    compare_log("string port I/O", &runner::log_of(&dev), &pio_string_expected())
+    compare_log(
+        "string port I/O",
+        &runner::log_of(&dev),
+        &pio_string_expected(),
+    )
 }
