@@ -162,6 +162,9 @@ fn boot_and_check(name: &str, kernel_file: &str, extra_args: &[&str]) {
         .arg("--disk")
         .arg(format!("{},ro", disk.display()))
         .args(extra_args);
+    // Every MMIO exit of the real kernel is also decoded by the WHP
+    // backend's emulator and compared with KVM's decoding.
+    cmd.env("KRYPTON_CHECK_MMIO", "1");
     for hide in helpers::pvm_test_cpuid_hides().expect("pvm-test.cpuid") {
         cmd.args(["--hide-cpuid", &hide]);
     }
@@ -201,6 +204,22 @@ fn boot_and_check(name: &str, kernel_file: &str, extra_args: &[&str]) {
                 "{driver} did not activate our device (no {needle:?} in the VMM log)"
             ));
         }
+    }
+    match vmm
+        .lines()
+        .find_map(|l| l.split("MMIO emulator differential check: ").nth(1))
+    {
+        Some(rest) => {
+            let n: Vec<u64> = rest
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            eprintln!("kernel_boot/{name}: MMIO differential check: {rest}");
+            if n.first().copied().unwrap_or(0) < 100 || n.get(1).copied() != Some(0) {
+                failures.push(format!("MMIO emulator check: {rest}"));
+            }
+        }
+        None => failures.push("no MMIO emulator differential check summary in the VMM log".into()),
     }
     for (first, second, why) in ORDERED {
         if let (Some(a), Some(b)) = (log.find(first), log.find(second))

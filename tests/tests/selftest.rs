@@ -188,3 +188,39 @@ fn krypton_selftest_filter_runs_only_matching_cases() -> anyhow::Result<()> {
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     Ok(())
 }
+
+/// The WHP backend's MMIO emulator, checked live against KVM on every MMIO
+/// exit of every conformance guest (all three modes): same address, size,
+/// direction and data (see `krypton::mmio_check`).
+#[test]
+fn conformance_mmio_exits_agree_with_our_emulator() -> anyhow::Result<()> {
+    if let Some(why) = helpers::kvm_unavailable() {
+        eprintln!("skipped: {why}");
+        return Ok(());
+    }
+    let out = Command::new(helpers::krypton_bin()?)
+        .args(["--log-level", "info", "selftest"])
+        .env("KRYPTON_CHECK_MMIO", "1")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("disagrees"), "{stderr}");
+    let (mut checked, mut mismatched, mut runs) = (0u64, 0u64, 0);
+    for line in stderr.lines() {
+        let Some(rest) = line.split("MMIO emulator differential check: ").nth(1) else {
+            continue;
+        };
+        let nums: Vec<u64> = rest
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        checked += nums.first().copied().unwrap_or(0);
+        mismatched += nums.get(1).copied().unwrap_or(0);
+        runs += 1;
+    }
+    eprintln!("{runs} VMs, {checked} MMIO exits checked, {mismatched} mismatches");
+    assert!(runs >= 3, "expected one line per VM: {stderr}");
+    assert!(checked >= 30, "too few MMIO exits checked ({checked})");
+    assert_eq!(mismatched, 0);
+    Ok(())
+}

@@ -31,6 +31,8 @@ enum Task {
     Kernel(kernel::KernelArgs),
     /// Build the initramfs (agent as /init) and the default rootfs image.
     Images,
+    /// Run every fuzz target for a bounded time (what CI does).
+    Fuzz,
     /// Run the benchmarks and print ratios against their peers.
     Bench(bench::BenchArgs),
 }
@@ -68,5 +70,6 @@ fn main() -> Result<()> {
         Task::Kernel(args) => kernel::build(&args).map(|_| ()),
         Task::Images => images::build_all().map(|_| ()),
         Task::Bench(args) => bench_all(&args),
+        Task::Fuzz => fuzz::run_bounded().map(|_| ()),
     }
 }
