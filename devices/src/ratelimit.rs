@@ -68,6 +68,21 @@ macro_rules! warn_ratelimited {
     }};
 }
 
+/// `log::debug!`, limited per call site: for guest behaviour that is normal
+/// on real hardware too (a kernel probing legacy ports nothing answers).
+#[macro_export]
+macro_rules! debug_ratelimited {
+    ($($arg:tt)+) => {{
+        static LIMIT: $crate::ratelimit::RateLimit = $crate::ratelimit::RateLimit::new();
+        if log::log_enabled!(log::Level::Debug) && let Some(dropped) = LIMIT.check() {
+            if dropped > 0 {
+                log::debug!("({dropped} similar messages suppressed)");
+            }
+            log::debug!($($arg)+);
+        }
+    }};
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

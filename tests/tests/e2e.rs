@@ -216,3 +216,62 @@ fn a_guest_kernel_panic_is_reported_with_status_120() -> Result<()> {
     assert!(stderr.contains("panicked"), "{stderr}");
     Ok(())
 }
+
+/// On kvm_pvm hosts, where the suite above cannot run, `krypton run` still
+/// goes the whole way to the guest: the pvm-test kernel boots with our
+/// initramfs, starts the agent as /init, whose first system call faults
+/// (user space cannot run under PVM); the kernel panics and `krypton run`
+/// must report that with status 120 and the panic line, not hang or 125.
+#[test]
+fn krypton_run_on_a_pvm_host_reports_the_guest_panic() -> Result<()> {
+    if let Some(why) = kernel_helpers::kvm_unavailable() {
+        eprintln!("skipped: {why}");
+        return Ok(());
+    }
+    if !kernel_helpers::host_is_pvm() {
+        eprintln!("skipped: this host runs guest user space; the tests above cover krypton run");
+        return Ok(());
+    }
+    let kernel = kernel_helpers::kernel_dir("pvm-test")?.join("vmlinux");
+    let initrd = kernel_helpers::initramfs()?;
+    let dir = kernel_helpers::scratch_dir("e2e-pvm-run")?;
+    let rootfs = kernel_helpers::make_ext4_disk(&dir)?;
+    let mut args: Vec<String> = vec![
+        "--kernel".into(),
+        kernel.display().to_string(),
+        "--initrd".into(),
+        initrd.display().to_string(),
+        "--rootfs".into(),
+        rootfs.display().to_string(),
+        "--append".into(),
+        kernel_helpers::pvm_test_cmdline()?,
+        "--console".into(),
+        "--timeout".into(),
+        "240".into(),
+    ];
+    for hide in kernel_helpers::pvm_test_cpuid_hides()? {
+        args.push("--hide-cpuid".into());
+        args.push(hide);
+    }
+    args.extend(["--".into(), "true".into()]);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let t = std::time::Instant::now();
+    let o = run(&argv, None)?;
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    eprintln!(
+        "krypton run ended with {:?} after {:.1} s",
+        o.status.code(),
+        t.elapsed().as_secs_f64()
+    );
+    assert!(
+        stderr.contains("Run /init as init process"),
+        "the agent was not started: {stderr}"
+    );
+    assert!(
+        stderr.contains("krypton: error: the guest kernel panicked:")
+            && stderr.contains("Attempted to kill init"),
+        "{stderr}"
+    );
+    assert_eq!(code(&o), Some(120));
+    Ok(())
+}

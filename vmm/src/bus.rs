@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use krypton_devices::bus::BusDevice;
-use krypton_devices::warn_ratelimited;
+use krypton_devices::debug_ratelimited;
 
 /// A device shared between the bus and whoever configured it.
 pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
@@ -86,7 +86,8 @@ impl Bus {
     }
 
     /// Reads `data.len()` bytes at `addr`. Unclaimed addresses read as 0xff
-    /// (an absent device on a real bus) and are logged, rate-limited.
+    /// (an absent device on a real bus) and are logged at debug level,
+    /// rate-limited: kernels probe legacy ports (PIC, PIT, DMA) routinely.
     pub fn read(&self, addr: u64, data: &mut [u8]) {
         match self.find(addr) {
             Some((offset, e)) => e
@@ -96,7 +97,7 @@ impl Bus {
                 .read(offset, data),
             None => {
                 data.fill(0xff);
-                warn_ratelimited!(
+                debug_ratelimited!(
                     "unclaimed {} read at {addr:#x} ({} bytes)",
                     self.kind,
                     data.len()
@@ -114,7 +115,7 @@ impl Bus {
                 .unwrap_or_else(PoisonError::into_inner)
                 .write(offset, data),
             None => {
-                warn_ratelimited!("unclaimed {} write at {addr:#x}: {data:02x?}", self.kind);
+                debug_ratelimited!("unclaimed {} write at {addr:#x}: {data:02x?}", self.kind);
             }
         }
     }

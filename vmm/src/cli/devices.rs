@@ -10,7 +10,7 @@ use super::one_line;
 use crate::machine::Machine;
 
 /// Virtio device options.
-#[derive(clap::Args, Debug, Default, Clone)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct DeviceArgs {
     /// Raw disk image as virtio-blk: PATH or PATH,ro. Repeatable; the first is /dev/vda.
     #[arg(long = "disk", value_parser = parse_disk)]
@@ -20,11 +20,25 @@ pub struct DeviceArgs {
     #[arg(long)]
     pub vsock_uds: Option<PathBuf>,
     /// The guest's vsock context ID.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = DEFAULT_CID)]
     pub cid: u64,
     /// Leave out the virtio-rng entropy device.
     #[arg(long)]
     pub no_rng: bool,
+}
+
+/// The guest's vsock CID unless `--cid` says otherwise (0-2 are reserved).
+pub const DEFAULT_CID: u64 = 3;
+
+impl Default for DeviceArgs {
+    fn default() -> Self {
+        DeviceArgs {
+            disks: Vec::new(),
+            vsock_uds: None,
+            cid: DEFAULT_CID,
+            no_rng: false,
+        }
+    }
 }
 
 /// One `--disk`.

@@ -62,6 +62,12 @@ pub struct RunArgs {
     /// Show the guest's console on stderr.
     #[arg(long)]
     pub console: bool,
+    /// Extra kernel command-line arguments, appended to the default.
+    #[arg(long)]
+    pub append: Option<String>,
+    /// Hide a CPUID bit from the guest: LEAF:SUBLEAF:REG:BIT (as for `boot`).
+    #[arg(long = "hide-cpuid", value_parser = super::boot::parse_cpuid_bit)]
+    pub hide_cpuid: Vec<(u32, u32, u8, u8)>,
     /// Container hostname.
     #[arg(long)]
     pub hostname: Option<String>,
@@ -187,6 +193,10 @@ fn run_inner(args: RunArgs) -> Result<u8, String> {
     if !args.console {
         cmdline.push_str(" quiet");
     }
+    if let Some(extra) = &args.append {
+        cmdline.push(' ');
+        cmdline.push_str(extra);
+    }
     let vm = prepare(VmSpec {
         kernel: &kernel,
         initrd: Some(&initrd),
@@ -194,7 +204,7 @@ fn run_inner(args: RunArgs) -> Result<u8, String> {
         mem: vm_mem,
         cpus: args.cpus,
         serial: SerialOut::Writer(Box::new(console.clone())),
-        hide_cpuid: Vec::new(),
+        hide_cpuid: args.hide_cpuid,
         linux64: false,
         devices: &devices,
     })?;
