@@ -280,3 +280,76 @@ fn stdin_reaches_the_guest_through_com1() {
     let out = child.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some((i32::from(b'A') << 1) | 1));
 }
+
+#[test]
+fn a_writable_disk_cannot_be_shared_by_two_vms() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = tmpdir("lock");
+    let img = dir.join("disk.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).expect("image");
+    let k = dir.join("spin.elf");
+    std::fs::write(&k, elf64(&[0xeb, 0xfe])).expect("kernel"); // jmp $
+    let (k, img) = (k.to_str().expect("utf8"), img.to_str().expect("utf8"));
+    let mut first = Command::new(BIN)
+        .args([
+            "boot",
+            "--kernel",
+            k,
+            "--disk",
+            img,
+            "--serial",
+            "none",
+            "--timeout",
+            "30",
+        ])
+        .spawn()
+        .expect("first VM");
+    // Wait until the first VM holds the lock (its disk is opened before boot).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    expect_error(
+        &["boot", "--kernel", k, "--disk", img, "--serial", "none"],
+        "in use by another VM",
+    );
+    // Read-only sharing of a disk nobody writes is fine once the writer is gone.
+    let _ = first.kill();
+    let _ = first.wait();
+    let ro = format!("{img},ro");
+    let mut a = Command::new(BIN)
+        .args([
+            "boot",
+            "--kernel",
+            k,
+            "--disk",
+            &ro,
+            "--serial",
+            "none",
+            "--timeout",
+            "2",
+        ])
+        .spawn()
+        .expect("reader a");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let b = Command::new(BIN)
+        .args([
+            "boot",
+            "--kernel",
+            k,
+            "--disk",
+            &ro,
+            "--serial",
+            "none",
+            "--timeout",
+            "1",
+        ])
+        .output()
+        .expect("reader b");
+    assert_eq!(
+        b.status.code(),
+        Some(124),
+        "second reader: {}",
+        String::from_utf8_lossy(&b.stderr)
+    );
+    assert_eq!(a.wait().expect("reader a").code(), Some(124));
+}
