@@ -58,7 +58,7 @@ fn krypton_binary(args: &BenchArgs) -> Result<PathBuf> {
     if !st.success() {
         bail!("cargo build --release -p krypton failed");
     }
-    Ok(root.join("target/release/krypton"))
+    Ok(crate::cache::target_dir().join("release/krypton"))
 }
 
 fn verdict(met: bool) -> &'static str {
@@ -80,7 +80,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         bail!("/dev/kvm is missing: the benchmark needs KVM");
     }
     let krypton = krypton_binary(args)?;
-    let dir = workspace_root().join("target/bench");
+    let dir = crate::cache::target_dir().join("bench");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let exit_elf = dir.join("stub-exit.elf");
     let pio0_elf = dir.join("stub-pio-0.elf");

@@ -47,7 +47,7 @@ fn build_agent() -> Result<PathBuf> {
     if !st.success() {
         bail!("cargo build --release -p krypton-agent failed");
     }
-    Ok(root.join("target/release/krypton-agent"))
+    Ok(crate::cache::target_dir().join("release/krypton-agent"))
 }
 
 struct AgentProc {

@@ -17,6 +17,11 @@ const SECONDS_PER_TARGET: u32 = 20;
 fn fuzz_cargo(root: &Path, nightly: bool) -> Command {
     let mut c = Command::new("cargo");
     c.current_dir(root);
+    // The sanitizer build of every target takes minutes: keep it in the
+    // cache outside the clone so later runs are incremental.
+    if let Ok(cache) = cache::root() {
+        c.env("CARGO_TARGET_DIR", cache.join("fuzz-target"));
+    }
     if nightly {
         c.arg("+nightly");
     } else {
