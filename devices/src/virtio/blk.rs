@@ -22,7 +22,7 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
-use super::worker::{QueueState, Worker, drain_queue};
+use super::worker::{Worker, spawn_single_queue};
 use super::{ActivateContext, ActivateError, VirtioDevice};
 use request::Disk;
 
@@ -214,29 +214,10 @@ impl VirtioDevice for Block {
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
         self.reset();
-        let ActivateContext {
-            mem,
-            interrupt,
-            queues,
-            notify,
-            ..
-        } = ctx;
-        let got = queues.len();
-        let Ok([mut queue]) = <[_; 1]>::try_from(queues) else {
-            return Err(ActivateError::QueueCount { expected: 1, got });
-        };
         let disk = Arc::clone(&self.disk);
-        let mut broken = false;
-        let body = move || {
-            if broken {
-                return;
-            }
-            let state = drain_queue(&mut queue, &mem, interrupt.as_ref(), |chain| {
-                disk.process(&mem, chain)
-            });
-            broken = state == QueueState::Broken;
-        };
-        let worker = Worker::spawn("virtio-blk", notify, body).map_err(ActivateError::Worker)?;
+        let worker = spawn_single_queue("virtio-blk", ctx, move |mem, chain| {
+            disk.process(mem, chain)
+        })?;
         self.worker = Some(worker);
         Ok(())
     }

@@ -10,7 +10,7 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress};
 
-use super::worker::{QueueState, Worker, drain_queue};
+use super::worker::{Worker, spawn_single_queue};
 use super::{ActivateContext, ActivateError, VirtioDevice};
 use crate::GuestMem;
 use crate::warn_ratelimited;
@@ -81,28 +81,7 @@ impl VirtioDevice for Rng {
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
         self.reset();
-        let ActivateContext {
-            mem,
-            interrupt,
-            queues,
-            notify,
-            ..
-        } = ctx;
-        let got = queues.len();
-        let Ok([mut queue]) = <[_; 1]>::try_from(queues) else {
-            return Err(ActivateError::QueueCount { expected: 1, got });
-        };
-        let mut broken = false;
-        let body = move || {
-            if !broken {
-                let state = drain_queue(&mut queue, &mem, interrupt.as_ref(), |chain| {
-                    fill_chain(&mem, chain)
-                });
-                broken = state == QueueState::Broken;
-            }
-        };
-        self.worker =
-            Some(Worker::spawn("virtio-rng", notify, body).map_err(ActivateError::Worker)?);
+        self.worker = Some(spawn_single_queue("virtio-rng", ctx, fill_chain)?);
         Ok(())
     }
 

@@ -63,6 +63,40 @@ impl Drop for Worker {
     }
 }
 
+/// Starts the worker of a one-queue device: after every notify it drains
+/// the queue with `handle` (chain in, bytes written out), and stops using a
+/// queue the driver corrupted until the device is reset.
+pub fn spawn_single_queue<F>(
+    name: &str,
+    ctx: super::ActivateContext,
+    mut handle: F,
+) -> Result<Worker, super::ActivateError>
+where
+    F: FnMut(&GuestMem, DescriptorChain<&GuestMem>) -> u32 + Send + 'static,
+{
+    let super::ActivateContext {
+        mem,
+        interrupt,
+        queues,
+        notify,
+        ..
+    } = ctx;
+    let got = queues.len();
+    let Ok([mut queue]) = <[_; 1]>::try_from(queues) else {
+        return Err(super::ActivateError::QueueCount { expected: 1, got });
+    };
+    let mut broken = false;
+    let body = move || {
+        if !broken {
+            let state = drain_queue(&mut queue, &mem, interrupt.as_ref(), |chain| {
+                handle(&mem, chain)
+            });
+            broken = state == QueueState::Broken;
+        }
+    };
+    Worker::spawn(name, notify, body).map_err(super::ActivateError::Worker)
+}
+
 /// Outcome of [`drain_queue`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueState {
