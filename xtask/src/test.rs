@@ -88,6 +88,20 @@ fn windows_steps() -> Vec<Step> {
                         .args(&p2)
                         .envs(setup::wine_env()),
                 )?;
+                // The named-pipe vsock host, end to end under wine.
+                cache::run(
+                    cargo()
+                        .args([
+                            "test",
+                            "--target",
+                            WINDOWS_TARGET,
+                            "-p",
+                            "krypton-devices",
+                            "--test",
+                            "vsock_pipe",
+                        ])
+                        .envs(setup::wine_env()),
+                )?;
                 // The platform-neutral emulator's own test files too.
                 run(cargo()
                     .args([

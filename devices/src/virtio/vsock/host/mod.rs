@@ -399,3 +399,27 @@ impl WeakHost {
         Some(io)
     }
 }
+
+/// Serves one host-initiated connection on the device's socket or pipe:
+/// reads `CONNECT <port>` (bounded in length and time), then bridges the
+/// stream to the guest's port once it accepts.
+pub(super) async fn serve_host_stream<S>(mut stream: S, host: WeakHost)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let port =
+        match tokio::time::timeout(CONNECT_TIMEOUT, handshake::read_connect(&mut stream)).await {
+            Ok(Ok(port)) => port,
+            Ok(Err(e)) => {
+                crate::warn_ratelimited!("vsock: host connection rejected: {e}");
+                return;
+            }
+            Err(_) => {
+                crate::warn_ratelimited!("vsock: host connection sent no CONNECT line in time");
+                return;
+            }
+        };
+    if let Some(io) = host.request(port, Reply::Preamble) {
+        io.pump(stream).await;
+    }
+}

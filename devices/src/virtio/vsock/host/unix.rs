@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use tokio::net::{UnixListener, UnixStream};
 
-use super::handshake::read_connect;
 use super::io::HostIo;
-use super::{CONNECT_TIMEOUT, ConnectDone, Reply, WeakHost};
+use super::{CONNECT_TIMEOUT, ConnectDone, WeakHost};
 
 /// Accepts host connections on the device's socket until the host is dropped.
 pub(super) async fn accept_loop(listener: UnixListener, host: WeakHost) {
@@ -23,24 +22,7 @@ pub(super) async fn accept_loop(listener: UnixListener, host: WeakHost) {
         if host.0.strong_count() == 0 {
             return;
         }
-        tokio::spawn(handle(stream, host.clone()));
-    }
-}
-
-async fn handle(mut stream: UnixStream, host: WeakHost) {
-    let port = match tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&mut stream)).await {
-        Ok(Ok(port)) => port,
-        Ok(Err(e)) => {
-            crate::warn_ratelimited!("vsock: host connection rejected: {e}");
-            return;
-        }
-        Err(_) => {
-            crate::warn_ratelimited!("vsock: host connection sent no CONNECT line in time");
-            return;
-        }
-    };
-    if let Some(io) = host.request(port, Reply::Preamble) {
-        io.pump(stream).await;
+        tokio::spawn(super::serve_host_stream(stream, host.clone()));
     }
 }
 

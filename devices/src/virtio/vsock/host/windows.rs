@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use tokio::net::windows::named_pipe::{ClientOptions, NamedPipeServer, ServerOptions};
 
-use super::handshake::read_connect;
 use super::io::HostIo;
-use super::{CONNECT_TIMEOUT, ConnectDone, Reply, WeakHost};
+use super::{CONNECT_TIMEOUT, ConnectDone, WeakHost};
 
 /// Windows' ERROR_PIPE_BUSY: every instance of the pipe is in use.
 const ERROR_PIPE_BUSY: i32 = 231;
@@ -42,24 +41,7 @@ pub(super) async fn accept_loop(name: String, mut server: NamedPipeServer, host:
         if host.0.strong_count() == 0 {
             return;
         }
-        tokio::spawn(handle(connected, host.clone()));
-    }
-}
-
-async fn handle(mut pipe: NamedPipeServer, host: WeakHost) {
-    let port = match tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&mut pipe)).await {
-        Ok(Ok(port)) => port,
-        Ok(Err(e)) => {
-            crate::warn_ratelimited!("vsock: host connection rejected: {e}");
-            return;
-        }
-        Err(_) => {
-            crate::warn_ratelimited!("vsock: host connection sent no CONNECT line in time");
-            return;
-        }
-    };
-    if let Some(io) = host.request(port, Reply::Preamble) {
-        io.pump(pipe).await;
+        tokio::spawn(super::serve_host_stream(connected, host.clone()));
     }
 }
 
