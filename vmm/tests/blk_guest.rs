@@ -16,25 +16,18 @@ use std::time::{Duration, Instant};
 
 use code::describe;
 use driver::{Mode, Plan, SECTORS, pattern};
-use krypton::hv::{Backend, Hypervisor};
+use krypton::hv::Hypervisor;
 use krypton::machine::{Machine, MachineConfig, Outcome, SerialOut};
 use krypton_devices::virtio::blk::Block;
+
+mod support;
+use support::hypervisor;
 
 /// Image size in sectors; the guest writes `FIRST..FIRST + 64`.
 const DISK_SECTORS: u64 = 128;
 const FIRST: u64 = 16;
 /// What the host puts in sectors the guest must not touch.
 const FILLER: u8 = 0xee;
-
-fn hypervisor() -> Option<Box<dyn Hypervisor>> {
-    match krypton::hv::new(Backend::host_default()) {
-        Ok(hv) => Some(hv),
-        Err(e) => {
-            eprintln!("skipped: no usable hypervisor (/dev/kvm): {e}");
-            None
-        }
-    }
-}
 
 /// A scratch directory removed on drop.
 struct Scratch(PathBuf);

@@ -10,36 +10,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use iced_x86::code_asm::*;
-use krypton::hv::{Backend, Hypervisor};
 use krypton::machine::{Machine, MachineConfig, Outcome, SerialOut};
-use krypton_devices::bus::BusDevice;
 use vm_memory::{Bytes, GuestAddress};
+
+mod support;
+use support::{Scratch, hypervisor};
 
 /// Device within ±2 GiB of the code, so RIP-relative operands reach it.
 const MMIO: u64 = 0x4000_0000;
 const CODE: u64 = 0x10_0000;
 const DATA: u64 = 0x20_0000;
-
-struct Scratch([u8; 4096]);
-
-impl BusDevice for Scratch {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = self.0[(offset as usize + i) % 4096];
-        }
-    }
-    fn write(&mut self, offset: u64, data: &[u8]) {
-        for (i, b) in data.iter().enumerate() {
-            self.0[(offset as usize + i) % 4096] = *b;
-        }
-    }
-}
-
-fn hypervisor() -> Option<Box<dyn Hypervisor>> {
-    krypton::hv::new(Backend::host_default())
-        .map_err(|e| eprintln!("skipped: {e}"))
-        .ok()
-}
 
 /// Register/immediate forms with REX, SIB and all sizes, RMW and string
 /// forms; returns how many MMIO exits they make.
@@ -161,7 +141,7 @@ fn emulator_agrees_with_kvm_in_long_mode() {
         hide_cpuid: vec![],
     };
     let mut m = Machine::new(hv.as_ref(), cfg).expect("machine");
-    m.add_mmio_device(MMIO, 0x1000, Arc::new(Mutex::new(Scratch([0; 4096]))))
+    m.add_mmio_device(MMIO, 0x1000, Arc::new(Mutex::new(Scratch::new(4096))))
         .expect("device");
     let stats = m.enable_mmio_check();
 

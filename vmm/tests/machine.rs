@@ -6,20 +6,13 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use krypton::hv::{Backend, Hypervisor};
+use krypton::hv::Hypervisor;
 use krypton::machine::{Machine, MachineConfig, MachineError, Outcome, SerialOut};
 use krypton_boot::entry::real_mode_state;
 use vm_memory::{Bytes, GuestAddress};
 
-fn hypervisor() -> Option<Box<dyn Hypervisor>> {
-    match krypton::hv::new(Backend::host_default()) {
-        Ok(hv) => Some(hv),
-        Err(e) => {
-            eprintln!("skipped: no usable hypervisor: {e}");
-            None
-        }
-    }
-}
+mod support;
+use support::hypervisor;
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);

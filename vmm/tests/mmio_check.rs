@@ -7,35 +7,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use iced_x86::code_asm::*;
-use krypton::hv::{Backend, Hypervisor};
 use krypton::machine::{Machine, MachineConfig, Outcome, SerialOut};
-use krypton_devices::bus::BusDevice;
 use vm_memory::{Bytes, GuestAddress};
+
+mod support;
+use support::{Scratch, hypervisor};
 
 const MMIO: u64 = 0xd000_0000;
 const CODE: u64 = 0x1000;
 const DATA: u64 = 0x8000;
-
-struct Scratch([u8; 256]);
-
-impl BusDevice for Scratch {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = self.0[(offset as usize + i) % 256];
-        }
-    }
-    fn write(&mut self, offset: u64, data: &[u8]) {
-        for (i, b) in data.iter().enumerate() {
-            self.0[(offset as usize + i) % 256] = *b;
-        }
-    }
-}
-
-fn hypervisor() -> Option<Box<dyn Hypervisor>> {
-    krypton::hv::new(Backend::host_default())
-        .map_err(|e| eprintln!("skipped: {e}"))
-        .ok()
-}
 
 /// Every MMIO form the emulator supports, in 32-bit protected mode.
 fn program32() -> Result<Vec<u8>, IcedError> {
@@ -96,7 +76,7 @@ fn emulator_agrees_with_kvm_on_every_mmio_exit() {
         hide_cpuid: vec![],
     };
     let mut m = Machine::new(hv.as_ref(), cfg).expect("machine");
-    m.add_mmio_device(MMIO, 0x1000, Arc::new(Mutex::new(Scratch([0; 256]))))
+    m.add_mmio_device(MMIO, 0x1000, Arc::new(Mutex::new(Scratch::new(256))))
         .expect("device");
     let stats = m.enable_mmio_check();
     let code = program32().expect("assemble");
