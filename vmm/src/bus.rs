@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use krypton_devices::bus::BusDevice;
+
+use crate::hv::IoOp;
 use krypton_devices::debug_ratelimited;
 
 /// A device shared between the bus and whoever configured it.
@@ -103,6 +105,14 @@ impl Bus {
                     data.len()
                 );
             }
+        }
+    }
+
+    /// Performs one exit's access: a read fills the buffer, a write stores it.
+    pub fn access(&self, addr: u64, op: IoOp<'_>) {
+        match op {
+            IoOp::Read(data) => self.read(addr, data),
+            IoOp::Write(data) => self.write(addr, data),
         }
     }
 

@@ -14,7 +14,7 @@ use krypton_devices::warn_ratelimited;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::emulator::{MmioExit, SnapshotCpu, check_kvm_exit};
-use crate::hv::Vcpu;
+use crate::hv::{IoOp, Vcpu};
 
 /// Counters of a run's checks.
 #[derive(Debug, Default)]
@@ -47,6 +47,26 @@ pub struct MmioCheck {
 /// Whether the environment asks for the check.
 pub fn requested_by_env() -> bool {
     std::env::var_os("KRYPTON_CHECK_MMIO").is_some_and(|v| v == "1")
+}
+
+/// The access as the hypervisor reported it: address, size, direction and,
+/// for writes, the data (at most 8 bytes, as KVM's MMIO exit carries).
+pub fn exit_of(addr: u64, op: &IoOp<'_>) -> MmioExit {
+    let (is_write, bytes) = match op {
+        IoOp::Read(d) => (false, &d[..]),
+        IoOp::Write(d) => (true, *d),
+    };
+    let n = bytes.len().min(8);
+    let mut data = [0u8; 8];
+    if is_write {
+        data[..n].copy_from_slice(&bytes[..n]);
+    }
+    MmioExit {
+        gpa: addr,
+        len: n as u8,
+        is_write,
+        data,
+    }
 }
 
 impl MmioCheck {

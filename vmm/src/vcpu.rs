@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::bus::Bus;
-use crate::emulator::MmioExit;
-use crate::hv::{HvError, IoOp, Vcpu, VcpuExit};
-use crate::mmio_check::MmioCheck;
+
+use crate::hv::{HvError, Vcpu, VcpuExit};
+use crate::mmio_check::{self, MmioCheck};
 
 /// What a vCPU's exits are dispatched to.
 pub struct ExitContext {
@@ -58,13 +58,6 @@ pub enum Flow {
     Stop(VcpuStop),
 }
 
-fn op_len(op: &IoOp<'_>) -> u8 {
-    match op {
-        IoOp::Read(d) => d.len().min(8) as u8,
-        IoOp::Write(d) => d.len().min(8) as u8,
-    }
-}
-
 /// Handles one exit.
 pub fn handle_exit(
     exit: VcpuExit,
@@ -73,34 +66,20 @@ pub fn handle_exit(
     stop: &AtomicBool,
 ) -> Result<Flow, HvError> {
     match exit {
-        VcpuExit::Io => vcpu.handle_io(&mut |port, op| match op {
-            IoOp::Read(data) => ctx.pio.read(u64::from(port), data),
-            IoOp::Write(data) => ctx.pio.write(u64::from(port), data),
-        })?,
-        VcpuExit::Mmio => {
-            let mut first: Option<MmioExit> = None;
-            vcpu.handle_mmio(&mut |addr, op| {
-                let (len, is_write, mut bytes) =
-                    (op_len(&op), matches!(op, IoOp::Write(_)), [0u8; 8]);
-                match op {
-                    IoOp::Read(data) => ctx.mmio.read(addr, data),
-                    IoOp::Write(data) => {
-                        let n = data.len().min(8);
-                        bytes[..n].copy_from_slice(&data[..n]);
-                        ctx.mmio.write(addr, data);
-                    }
+        VcpuExit::Io => vcpu.handle_io(&mut |port, op| ctx.pio.access(u64::from(port), op))?,
+        VcpuExit::Mmio => match &ctx.mmio_check {
+            None => vcpu.handle_mmio(&mut |addr, op| ctx.mmio.access(addr, op))?,
+            Some(check) => {
+                let mut first = None;
+                vcpu.handle_mmio(&mut |addr, op| {
+                    first.get_or_insert_with(|| mmio_check::exit_of(addr, &op));
+                    ctx.mmio.access(addr, op);
+                })?;
+                if let Some(exit) = first {
+                    check.check(vcpu, exit);
                 }
-                first.get_or_insert(MmioExit {
-                    gpa: addr,
-                    len,
-                    is_write,
-                    data: bytes,
-                });
-            })?;
-            if let (Some(check), Some(exit)) = (&ctx.mmio_check, first) {
-                check.check(vcpu, exit);
             }
-        }
+        },
         VcpuExit::IoapicEoi(vector) => (ctx.eoi)(vector),
         VcpuExit::Canceled => {
             if stop.load(Ordering::SeqCst) {

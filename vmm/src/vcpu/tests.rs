@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use krypton_devices::bus::BusDevice;
 
 use super::*;
-use crate::hv::{Kick, Regs, Sregs};
+use crate::hv::{IoOp, Kick, Regs, Sregs};
 
 #[derive(Default)]
 struct Scratch {
