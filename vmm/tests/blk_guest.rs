@@ -99,7 +99,7 @@ fn run_in_process(
     );
     let code = driver::assemble(&plan).expect("assemble guest");
     let state =
-        krypton_boot::test_guest::load_elf(m.memory(), &driver::elf64(&code)).expect("load guest");
+        krypton_boot::test_guest::load_elf(m.memory(), &support::elf64(&code)).expect("load guest");
     let t = Instant::now();
     let out = m.run(state, Some(Duration::from_secs(20))).expect("run");
     let what = match out {
@@ -203,7 +203,7 @@ fn flushed_data_survives_sigkill_of_the_vmm() {
         mode: Mode::Durability,
     };
     let code = driver::assemble(&plan).expect("assemble guest");
-    std::fs::write(&kernel, driver::elf64(&code)).expect("write guest");
+    std::fs::write(&kernel, support::elf64(&code)).expect("write guest");
     let stderr = std::fs::File::create(dir.0.join("stderr.txt")).expect("stderr file");
     let t = Instant::now();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_krypton"))

@@ -5,42 +5,15 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod support;
+use support::elf64;
+
 const BIN: &str = env!("CARGO_BIN_EXE_krypton");
 
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("krypton-cli-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&d).expect("tmpdir");
     d
-}
-
-/// A minimal ELF64 executable: one PT_LOAD at 1 MiB holding `code`,
-/// entered through the 64-bit boot protocol.
-fn elf64(code: &[u8]) -> Vec<u8> {
-    const LOAD: u64 = 0x10_0000;
-    let mut e = vec![0u8; 0x78];
-    e[..4].copy_from_slice(b"\x7fELF");
-    e[4] = 2; // 64-bit
-    e[5] = 1; // little-endian
-    e[6] = 1; // version
-    e[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    e[18..20].copy_from_slice(&0x3eu16.to_le_bytes()); // x86-64
-    e[20..24].copy_from_slice(&1u32.to_le_bytes());
-    e[24..32].copy_from_slice(&LOAD.to_le_bytes()); // entry
-    e[32..40].copy_from_slice(&0x40u64.to_le_bytes()); // phoff
-    e[52..54].copy_from_slice(&64u16.to_le_bytes()); // ehsize
-    e[54..56].copy_from_slice(&56u16.to_le_bytes()); // phentsize
-    e[56..58].copy_from_slice(&1u16.to_le_bytes()); // phnum
-    let ph = &mut e[0x40..0x78];
-    ph[0..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-    ph[4..8].copy_from_slice(&5u32.to_le_bytes()); // R+X
-    ph[8..16].copy_from_slice(&0x78u64.to_le_bytes()); // offset
-    ph[16..24].copy_from_slice(&LOAD.to_le_bytes()); // vaddr
-    ph[24..32].copy_from_slice(&LOAD.to_le_bytes()); // paddr
-    ph[32..40].copy_from_slice(&(code.len() as u64).to_le_bytes());
-    ph[40..48].copy_from_slice(&(code.len() as u64).to_le_bytes());
-    ph[48..56].copy_from_slice(&0x1000u64.to_le_bytes());
-    e.extend_from_slice(code);
-    e
 }
 
 /// mov al, 0x2a ; out 0xf4, al ; hlt

@@ -19,8 +19,8 @@ use crate::code;
 
 /// virtio-mmio window of the first virtio device.
 pub const MMIO: u64 = 0xd000_0000;
-/// Where the ELF's single PT_LOAD (code) goes.
-pub const LOAD: u64 = 0x10_0000;
+/// Where the code is loaded: the PT_LOAD address of `support::elf64`.
+pub const LOAD: u64 = krypton_boot::layout::HIMEM_START;
 /// Queue size the driver sets up (QueueNum).
 pub const QSIZE: u16 = 16;
 const DESC: u64 = 0x30_0000;
@@ -647,34 +647,4 @@ pub fn assemble(plan: &Plan) -> Result<Vec<u8>, IcedError> {
         g.a.jmp(exit)?;
     }
     g.a.assemble(LOAD)
-}
-
-/// A minimal ELF64 executable: one PT_LOAD at [`LOAD`] holding `code`, no
-/// PVH note, so it is entered in long mode at `LOAD`.
-pub fn elf64(code: &[u8]) -> Vec<u8> {
-    let mut e = vec![0u8; 0x78];
-    e[..4].copy_from_slice(b"\x7fELF");
-    e[4] = 2; // ELFCLASS64
-    e[5] = 1; // little-endian
-    e[6] = 1; // EV_CURRENT
-    e[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    e[18..20].copy_from_slice(&0x3eu16.to_le_bytes()); // EM_X86_64
-    e[20..24].copy_from_slice(&1u32.to_le_bytes());
-    e[24..32].copy_from_slice(&LOAD.to_le_bytes()); // e_entry
-    e[32..40].copy_from_slice(&0x40u64.to_le_bytes()); // e_phoff
-    e[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
-    e[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
-    e[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
-    let ph = &mut e[0x40..0x78];
-    ph[0..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-    ph[4..8].copy_from_slice(&5u32.to_le_bytes()); // R+X
-    ph[8..16].copy_from_slice(&0x78u64.to_le_bytes()); // p_offset
-    ph[16..24].copy_from_slice(&LOAD.to_le_bytes()); // p_vaddr
-    ph[24..32].copy_from_slice(&LOAD.to_le_bytes()); // p_paddr
-    let len = (code.len() as u64).to_le_bytes();
-    ph[32..40].copy_from_slice(&len); // p_filesz
-    ph[40..48].copy_from_slice(&len); // p_memsz
-    ph[48..56].copy_from_slice(&0x1000u64.to_le_bytes()); // p_align
-    e.extend_from_slice(code);
-    e
 }
