@@ -347,6 +347,6 @@ mod tests {
             parse_config(&std::fs::read_to_string(kdir.join("pvm-test.config")).expect("fragment"));
         assert_eq!(test.get("CONFIG_PTP_1588_CLOCK_KVM"), Some(&None));
         assert!(Variant::Product.patches(&kdir).expect("patches").is_empty());
-        assert_eq!(Variant::PvmTest.patches(&kdir).expect("patches").len(), 2);
+        assert_eq!(Variant::PvmTest.patches(&kdir).expect("patches").len(), 3);
     }
 }
