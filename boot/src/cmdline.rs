@@ -54,15 +54,26 @@ impl VirtioMmioDevice {
     }
 }
 
-/// `base` followed by one announcement per device, space separated.
+/// `base` with one announcement per device, space separated. They go
+/// before a ` -- ` in `base`: the kernel hands everything after it to init.
 pub fn with_devices(base: &str, devices: &[VirtioMmioDevice]) -> String {
-    let mut s = base.trim().to_string();
+    let base = base.trim();
+    let (kernel, init) = match base.find(" -- ") {
+        Some(i) => (&base[..i], Some(&base[i + 4..])),
+        None if base == "--" || base.starts_with("-- ") => ("", Some(base[2..].trim_start())),
+        None => (base, None),
+    };
+    let mut s = kernel.trim().to_string();
     for d in devices {
         if !s.is_empty() {
             s.push(' ');
         }
         // Writing to a String cannot fail.
         let _ = write!(s, "{}", d.cmdline_arg());
+    }
+    if let Some(init) = init {
+        s.push_str(" -- ");
+        s.push_str(init.trim());
     }
     s
 }
@@ -105,6 +116,15 @@ mod tests {
             "console=ttyS0 virtio_mmio.device=512@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
         );
         assert_eq!(with_devices("", &[d]), "virtio_mmio.device=4K@0xd0001000:6");
+        // Init's arguments stay last, after the announcements.
+        assert_eq!(
+            with_devices("quiet -- -v x", &[d]),
+            "quiet virtio_mmio.device=4K@0xd0001000:6 -- -v x"
+        );
+        assert_eq!(
+            with_devices("-- -v", &[d]),
+            "virtio_mmio.device=4K@0xd0001000:6 -- -v"
+        );
     }
 
     #[test]

@@ -63,6 +63,41 @@ pub fn setup() -> Result<()> {
     Ok(())
 }
 
+/// The kernel's uptime as "12.34 s" (guest clock), for the start-up log.
+pub fn uptime() -> String {
+    // Read with the raw syscall: /proc is not mounted yet.
+    // SAFETY: an all-zero timespec is valid; clock_gettime writes into it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: ts is a valid out pointer.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        return "unknown".into();
+    }
+    format!("{}.{:02} s", ts.tv_sec, ts.tv_nsec / 10_000_000)
+}
+
+/// PID 1 ignores every signal it has no handler for, so without this a
+/// SIGTERM (from `timeout`, a container engine, or `kill 1` in a PID
+/// namespace on a host) would be dropped. The handler flushes and powers
+/// off like `Shutdown`; handlers reset on exec, so children are unaffected.
+pub fn terminate_on_sigterm() -> Result<()> {
+    extern "C" fn on_term(_: libc::c_int) {
+        // Only async-signal-safe calls: sync, reboot, _exit.
+        // SAFETY: sync has no memory effects.
+        unsafe { libc::sync() };
+        // SAFETY: reboot has no memory effects; as PID 1 of a VM it powers
+        // off, as PID 1 of a PID namespace it ends the namespace.
+        unsafe { libc::reboot(libc::RB_POWER_OFF) };
+        // SAFETY: _exit never returns and touches no Rust state.
+        unsafe { libc::_exit(0) };
+    }
+    // SAFETY: an all-zero sigaction is a valid starting value.
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction = on_term as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: sa is initialised; SIGTERM is a catchable signal.
+    crate::sys::check(unsafe { libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut()) })?;
+    Ok(())
+}
+
 /// Flushes filesystems and powers the machine off. Only for PID 1.
 pub fn power_off() -> ! {
     // SAFETY: sync has no memory effects.

@@ -99,12 +99,23 @@ impl log::Log for StderrLog {
     }
     fn log(&self, r: &log::Record<'_>) {
         if self.enabled(r.metadata()) {
-            eprintln!(
-                "krypton-agent[{}] {}: {}",
-                std::process::id(),
-                r.level(),
-                r.args()
-            );
+            if log::max_level() >= log::LevelFilter::Debug {
+                // Guest uptime on each line: the start-up profile.
+                eprintln!(
+                    "krypton-agent[{}] {}: {} [{}]",
+                    std::process::id(),
+                    r.level(),
+                    r.args(),
+                    init::uptime()
+                );
+            } else {
+                eprintln!(
+                    "krypton-agent[{}] {}: {}",
+                    std::process::id(),
+                    r.level(),
+                    r.args()
+                );
+            }
         }
     }
     fn flush(&self) {}
@@ -142,6 +153,16 @@ fn run(argv: impl Iterator<Item = String>, pid1: bool) -> Result<()> {
         _ => log::LevelFilter::Trace,
     });
     if pid1 {
+        log::info!("started (uptime {})", init::uptime());
+        init::terminate_on_sigterm()?;
+    }
+    // A Unix socket is bound before the base mounts: PID 1 mounts tmpfs
+    // over /tmp and /run, which would hide a socket path under them.
+    let early = match &args.listen {
+        transport::Address::Unix(_) => Some(transport::bind(&args.listen)?),
+        transport::Address::Vsock(_) => None,
+    };
+    if pid1 {
         init::setup()?;
     } else if unsafe_prctl_subreaper().is_err() {
         log::warn!("could not become a child subreaper");
@@ -155,6 +176,9 @@ fn run(argv: impl Iterator<Item = String>, pid1: bool) -> Result<()> {
     // In the VM the vsock transport may register a moment after we start.
     let mut tries = if pid1 { 50 } else { 1 };
     let listener = loop {
+        if let Some(l) = early {
+            break l;
+        }
         match transport::bind(&args.listen) {
             Ok(l) => break l,
             Err(e) if tries > 1 => {

@@ -79,6 +79,7 @@ fn dispatch(
         };
         match msg {
             Message::Exec(req) => {
+                log::debug!("exec {} requested", req.id);
                 let id = req.id;
                 if execs
                     .lock()

@@ -2,6 +2,7 @@
 //! and exit status 125; guest outcomes map to the statuses in [`status`].
 
 mod boot;
+mod console;
 mod devices;
 mod run;
 

@@ -2,26 +2,27 @@
 //! read-only rootfs disk), wait for the agent's hello over in-process vsock,
 //! run one command in a container, stream its stdio and return its status.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use krypton_devices::exit::GuestExit;
 use krypton_protocol::{AGENT_VSOCK_PORT, Limits};
 
 use super::boot::{VmSpec, parse_timeout, prepare};
+use super::console::ConsoleTail;
 use super::devices::{DeviceArgs, DiskArg};
 use super::{fail, one_line, status};
 use crate::machine::{MachineError, Outcome, SerialOut};
-use crate::run::{RunOptions, run_command};
+use crate::run::{RunOptions, Timeline, run_command};
 
-/// How long the guest may take from power-on to the agent's first answer.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
-/// Console bytes kept to explain a failed boot.
-const CONSOLE_TAIL: usize = 4096;
+/// Default wait for the agent, counted from the guest's last console
+/// output, with hardware virtualization (boots take well under a second).
+const BOOT_TIMEOUT_HW: Duration = Duration::from_secs(60);
+/// The same on kvm_pvm hosts, where the guest kernel is emulated and a boot
+/// to the agent takes about a minute of mostly silent console.
+const BOOT_TIMEOUT_PVM: Duration = Duration::from_secs(300);
 
 /// Options of `krypton run`.
 #[derive(clap::Args, Debug)]
@@ -50,7 +51,8 @@ pub struct RunArgs {
     /// vCPUs.
     #[arg(long, default_value_t = 1)]
     pub cpus: u8,
-    /// Give up after this many seconds (exit status 124).
+    /// Stop the command after it has run this many seconds (exit status
+    /// 124); the boot is not counted (see --boot-timeout).
     #[arg(long, allow_negative_numbers = true)]
     pub timeout: Option<f64>,
     /// Guest kernel; default: the built product kernel.
@@ -63,7 +65,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub console: bool,
     /// Extra kernel command-line arguments, appended to the default.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub append: Option<String>,
     /// Hide a CPUID bit from the guest: LEAF:SUBLEAF:REG:BIT (as for `boot`).
     #[arg(long = "hide-cpuid", value_parser = super::boot::parse_cpuid_bit)]
@@ -71,6 +73,15 @@ pub struct RunArgs {
     /// Container hostname.
     #[arg(long)]
     pub hostname: Option<String>,
+    /// Seconds to wait for the guest agent, counted from the guest's last
+    /// console output (default 60; 300 on kvm_pvm hosts; also
+    /// KRYPTON_BOOT_TIMEOUT).
+    #[arg(long)]
+    pub boot_timeout: Option<f64>,
+    /// Print how long each start-up phase took (VM built, kernel entry,
+    /// /init, agent ready, exec, exit) on stderr at the end.
+    #[arg(long)]
+    pub timings: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<String>,
@@ -124,42 +135,6 @@ fn default_asset(given: Option<PathBuf>, rel: &str, what: &str) -> Result<PathBu
     }
 }
 
-/// Keeps the last bytes of the console so a failed boot can be explained.
-#[derive(Clone, Default)]
-struct ConsoleTail {
-    buf: Arc<Mutex<Vec<u8>>>,
-    echo: bool,
-}
-
-impl Write for ConsoleTail {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        if self.echo {
-            let _ = std::io::stderr().write_all(data);
-        }
-        let mut b = self.buf.lock().unwrap_or_else(PoisonError::into_inner);
-        b.extend_from_slice(data);
-        if b.len() > CONSOLE_TAIL {
-            let cut = b.len() - CONSOLE_TAIL;
-            b.drain(..cut);
-        }
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl ConsoleTail {
-    fn last_line_with(&self, needle: &str) -> Option<String> {
-        let b = self.buf.lock().unwrap_or_else(PoisonError::into_inner);
-        let text = String::from_utf8_lossy(&b);
-        text.lines()
-            .rev()
-            .find(|l| l.contains(needle))
-            .map(|l| l.trim().to_string())
-    }
-}
-
 /// Runs `krypton run`.
 pub fn run(args: RunArgs) -> ExitCode {
     match run_inner(args) {
@@ -168,9 +143,65 @@ pub fn run(args: RunArgs) -> ExitCode {
     }
 }
 
+/// What this host needs: the kvm_pvm workarounds, or nothing.
+struct HostProfile {
+    pvm: bool,
+    boot_timeout: Duration,
+}
+
+impl HostProfile {
+    fn detect(args: &RunArgs) -> Result<Self, String> {
+        let pvm = crate::pvm::host_is_pvm();
+        let from_env = || {
+            std::env::var("KRYPTON_BOOT_TIMEOUT")
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(|v| {
+                    v.parse::<f64>()
+                        .map_err(|_| format!("KRYPTON_BOOT_TIMEOUT={v} is not a number of seconds"))
+                })
+                .transpose()
+        };
+        let boot_timeout = match args.boot_timeout.map_or_else(from_env, |s| Ok(Some(s)))? {
+            Some(s) if s.is_finite() && s > 0.0 && s < 1e7 => Duration::from_secs_f64(s),
+            Some(s) => return Err(format!("--boot-timeout {s} is not a positive number of seconds")),
+            None if pvm => BOOT_TIMEOUT_PVM,
+            None => BOOT_TIMEOUT_HW,
+        };
+        Ok(HostProfile { pvm, boot_timeout })
+    }
+}
+
 fn run_inner(args: RunArgs) -> Result<u8, String> {
+    let timeline = Timeline::default();
     let timeout = parse_timeout(args.timeout)?;
-    let kernel = default_asset(args.kernel, "kernel/product-latest/vmlinux", "kernel")?;
+    let host = HostProfile::detect(&args)?;
+    let default_kernel = if host.pvm {
+        "kernel/pvm-test-latest/vmlinux"
+    } else {
+        "kernel/product-latest/vmlinux"
+    };
+    let mut hide_cpuid = args.hide_cpuid;
+    let mut cmdline = krypton_boot::cmdline::default_cmdline();
+    if host.pvm {
+        if args.kernel.is_none() {
+            eprintln!(
+                "krypton: notice: /dev/kvm here is kvm_pvm (software virtualization, no VT-x/AMD-V): \
+                 using the pvm-test guest kernel, whose every instruction is emulated; a boot takes about a minute"
+            );
+        }
+        if args.cpus > 1 {
+            eprintln!(
+                "krypton: notice: {} vCPUs on kvm_pvm: about one exec in 40-75 crashes at start-up with more \
+                 than one vCPU here (see guest/kernel/README.md); 1 vCPU is the default",
+                args.cpus
+            );
+        }
+        cmdline.push(' ');
+        cmdline.push_str(&crate::pvm::cmdline());
+        hide_cpuid.extend(crate::pvm::cpuid_hides());
+    }
+    let kernel = default_asset(args.kernel, default_kernel, "kernel")?;
     let initrd = default_asset(args.initrd, "images/initramfs.cpio", "initramfs")?;
     let rootfs = default_asset(args.rootfs, "images/rootfs.ext4", "rootfs")?;
     let mem_limit = args
@@ -185,11 +216,7 @@ fn run_inner(args: RunArgs) -> Result<u8, String> {
         }],
         ..DeviceArgs::default()
     };
-    let console = ConsoleTail {
-        echo: args.console,
-        ..ConsoleTail::default()
-    };
-    let mut cmdline = krypton_boot::cmdline::default_cmdline();
+    let console = ConsoleTail::new(args.console, timeline.clone());
     if !args.console {
         cmdline.push_str(" quiet");
     }
@@ -204,10 +231,11 @@ fn run_inner(args: RunArgs) -> Result<u8, String> {
         mem: vm_mem,
         cpus: args.cpus,
         serial: SerialOut::Writer(Box::new(console.clone())),
-        hide_cpuid: args.hide_cpuid,
+        hide_cpuid,
         linux64: false,
         devices: &devices,
     })?;
+    timeline.mark("vm built");
     let opts = RunOptions {
         argv: args.command,
         env: args.env,
@@ -223,15 +251,18 @@ fn run_inner(args: RunArgs) -> Result<u8, String> {
             ..Limits::default()
         },
         timeout,
+        timeline: Some(timeline.clone()),
     };
 
     let exit = vm.machine.exit_signal();
     let (done_tx, done_rx) = mpsc::channel();
     let machine = vm.machine;
     let state = vm.state;
+    let vm_timeline = timeline.clone();
     let vm_thread = std::thread::Builder::new()
         .name("vm".into())
         .spawn(move || {
+            vm_timeline.mark("kernel entry");
             let r = machine.run(state, None);
             let _ = done_tx.send(());
             r
@@ -242,27 +273,42 @@ fn run_inner(args: RunArgs) -> Result<u8, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
-    let host = vm.vsock;
+    let vsock = vm.vsock;
+    let started = Instant::now();
     let result = rt.block_on(async {
-        let started = Instant::now();
+        // The guest may answer a connection request slowly (emulated
+        // kernel) but refuses at once while the agent is not listening yet.
+        let answer_within = host.boot_timeout.min(Duration::from_secs(30));
+        let mut pause = Duration::from_millis(20);
         let stream = loop {
-            match host.connect_in_process(AGENT_VSOCK_PORT).await {
+            match vsock
+                .connect_in_process_within(AGENT_VSOCK_PORT, answer_within)
+                .await
+            {
                 Ok(s) => break Ok(s),
                 Err(e) => {
                     if done_rx.try_recv().is_ok() {
                         break Err(None);
                     }
-                    if started.elapsed() > timeout.unwrap_or(BOOT_TIMEOUT).min(BOOT_TIMEOUT) {
-                        break Err(Some(format!(
-                            "the guest agent did not answer within {BOOT_TIMEOUT:?}: {e}"
-                        )));
+                    let quiet_for = console.last_output().elapsed();
+                    if quiet_for > host.boot_timeout && started.elapsed() > host.boot_timeout {
+                        break Err(Some(BootWait::NoAgent(format!(
+                            "the guest agent did not answer, and the guest console has been silent for {:.0} s \
+                             (raise --boot-timeout, now {:.0} s): {e}",
+                            quiet_for.as_secs_f64(),
+                            host.boot_timeout.as_secs_f64()
+                        ))));
                     }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(250));
                 }
             }
         };
         match stream {
-            Ok(s) => Ok(run_command(s, &opts).await),
+            Ok(s) => {
+                timeline.mark("agent connected");
+                Ok(run_command(s, &opts).await)
+            }
             Err(e) => Err(e),
         }
     });
@@ -270,12 +316,22 @@ fn run_inner(args: RunArgs) -> Result<u8, String> {
     let outcome = vm_thread
         .join()
         .map_err(|_| "the VM thread panicked".to_string())?;
+    timeline.mark("vm stopped");
+    if args.timings {
+        eprint!("{}", timeline.report());
+    }
     finish(result, outcome, &console)
+}
+
+/// Why `krypton run` stopped waiting for the agent.
+enum BootWait {
+    /// No agent and no progress on the console.
+    NoAgent(String),
 }
 
 /// Decides the exit status from the command's result and how the VM ended.
 fn finish(
-    result: Result<Result<i32, crate::run::RunError>, Option<String>>,
+    result: Result<Result<i32, crate::run::RunError>, Option<BootWait>>,
     outcome: Result<Outcome, MachineError>,
     console: &ConsoleTail,
 ) -> Result<u8, String> {
@@ -291,10 +347,15 @@ fn finish(
             eprintln!("krypton: error: {}", one_line(&e));
             Ok(u8::try_from(e.exit_code()).unwrap_or(status::VMM_ERROR))
         }
-        Err(Some(msg)) => Err(msg),
-        Err(None) => Err(format!(
-            "the guest stopped before its agent answered ({outcome:?})"
-        )),
+        Err(Some(BootWait::NoAgent(msg))) => Err(msg),
+        Err(None) => {
+            let tail = console.tail_text();
+            let last = tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+            Err(format!(
+                "the guest stopped before its agent answered ({outcome:?}); last console line: {}",
+                last.trim()
+            ))
+        }
     }
 }
 

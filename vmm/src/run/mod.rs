@@ -12,6 +12,7 @@
 
 mod session;
 mod stdio;
+mod timeline;
 #[cfg(test)]
 mod tests;
 
@@ -20,6 +21,7 @@ use std::time::Duration;
 pub use krypton_protocol::Limits;
 pub use session::{Control, RunIo, Stdin, run_with_io};
 pub use stdio::run_command;
+pub use timeline::Timeline;
 
 /// Exit code for agent, transport or setup failures (docker's 125).
 pub const EXIT_RUNTIME_FAILURE: i32 = 125;
@@ -52,6 +54,8 @@ pub struct RunOptions {
     pub limits: Limits,
     /// Give up after this long (exit code 124).
     pub timeout: Option<Duration>,
+    /// Where to record "agent ready", "exec started" and "exit status".
+    pub timeline: Option<Timeline>,
 }
 
 /// Why a run failed before the command's exit status was known.

@@ -7,7 +7,7 @@ use krypton_protocol::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::{RunError, RunOptions};
+use super::{RunError, RunOptions, Timeline};
 
 /// The exec id used for the single command of a run.
 const EXEC_ID: u32 = 1;
@@ -125,6 +125,9 @@ where
             caps,
         } => {
             log::debug!("agent hello, caps {caps:#x}");
+            if let Some(t) = &opts.timeline {
+                t.mark("agent ready");
+            }
         }
         Message::Hello { version, .. } => {
             return Err(RunError::Handshake(format!(
@@ -153,7 +156,7 @@ where
     };
     let stdin_pump = pump_stdin(stdin, tx.clone());
     let control = forward_control(io.control, tx);
-    let reader = read_events(&mut rd, io.stdout, io.stderr);
+    let reader = read_events(&mut rd, io.stdout, io.stderr, opts.timeline.as_ref());
     tokio::pin!(writer, stdin_pump, control, reader);
     let (mut writer_done, mut stdin_done, mut control_done) = (false, false, false);
     loop {
@@ -239,7 +242,12 @@ async fn forward_control(
     }
 }
 
-async fn read_events<R, O, E>(rd: &mut R, stdout: &mut O, stderr: &mut E) -> Result<i32, RunError>
+async fn read_events<R, O, E>(
+    rd: &mut R,
+    stdout: &mut O,
+    stderr: &mut E,
+    timeline: Option<&Timeline>,
+) -> Result<i32, RunError>
 where
     R: AsyncRead + Unpin,
     O: AsyncWrite + Unpin + ?Sized,
@@ -251,13 +259,19 @@ where
         let msg = match read_message_async(rd).await {
             Ok(m) => m,
             Err(ProtocolError::Closed) => {
-                return Err(RunError::Agent("agent closed the connection".into()));
+                return Err(RunError::Agent(
+                    "the agent closed the connection before the command's exit status (it died or the guest stopped)"
+                        .into(),
+                ));
             }
             Err(e) => return Err(e.into()),
         };
         match msg {
             Message::Started { id: EXEC_ID, pid } => {
                 log::debug!("command started (agent pid {pid})");
+                if let Some(t) = timeline {
+                    t.mark("exec started");
+                }
                 started = true;
             }
             Message::ExecError {
@@ -302,6 +316,9 @@ where
             } => {
                 stdout.flush().await.map_err(RunError::Io)?;
                 stderr.flush().await.map_err(RunError::Io)?;
+                if let Some(t) = timeline {
+                    t.mark("exit status");
+                }
                 if !started {
                     log::debug!("exit before started");
                 }

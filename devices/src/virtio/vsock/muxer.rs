@@ -172,7 +172,7 @@ impl Muxer {
             port,
             io,
             reply: Reply::Preamble,
-            created: Instant::now(),
+            deadline: Instant::now() + CONNECT_TIMEOUT,
         });
     }
 
@@ -201,7 +201,7 @@ impl Muxer {
             port,
             io,
             reply,
-            created,
+            deadline,
         } = req;
         let reject = |io: Arc<HostIo>, reply: Reply| {
             if let Reply::Notify(tx) = reply {
@@ -209,7 +209,7 @@ impl Muxer {
             }
             io.close();
         };
-        if created.elapsed() > CONNECT_TIMEOUT {
+        if Instant::now() > deadline {
             return reject(io, reply);
         }
         if self.conns.len() >= MAX_CONNECTIONS {
@@ -223,7 +223,7 @@ impl Muxer {
         };
         let mut c = Conn::new(State::LocalInit, io);
         c.reply = Some(reply);
-        c.deadline = Some(created + CONNECT_TIMEOUT);
+        c.deadline = Some(deadline);
         c.pending = pending::REQUEST;
         self.conns.insert((local, port), c);
         self.mark_ready((local, port));

@@ -70,7 +70,8 @@ pub(crate) struct HostRequest {
     pub port: u32,
     pub io: Arc<HostIo>,
     pub reply: Reply,
-    pub created: Instant,
+    /// The guest must answer by then, else the connection is refused.
+    pub deadline: Instant,
 }
 
 /// The outcome of connecting to the host for a guest-initiated connection.
@@ -225,6 +226,16 @@ impl VsockHost {
     /// Opens a connection to guest port `port`, without a socket file.
     /// Resolves once the guest accepted; refused or timed out otherwise.
     pub async fn connect_in_process(&self, port: u32) -> std::io::Result<DuplexStream> {
+        self.connect_in_process_within(port, CONNECT_TIMEOUT).await
+    }
+
+    /// [`VsockHost::connect_in_process`] giving the guest `timeout` to
+    /// answer: a guest whose kernel is emulated (kvm_pvm) can take seconds.
+    pub async fn connect_in_process_within(
+        &self,
+        port: u32,
+        timeout: Duration,
+    ) -> std::io::Result<DuplexStream> {
         let (mine, theirs) = tokio::io::duplex(DUPLEX_CAPACITY);
         let (tx, rx) = oneshot::channel();
         let io = HostIo::new(Arc::clone(&self.inner.device));
@@ -233,12 +244,12 @@ impl VsockHost {
             port,
             io: Arc::clone(&io),
             reply: Reply::Notify(tx),
-            created: Instant::now(),
+            deadline: Instant::now() + timeout,
         });
         // Time out on our runtime, so callers need no tokio timer of their own.
         let waiter = self
             .runtime()
-            .spawn(tokio::time::timeout(CONNECT_TIMEOUT * 2, rx));
+            .spawn(tokio::time::timeout(timeout * 2, rx));
         match waiter.await {
             Ok(Ok(Ok(true))) => Ok(mine),
             Ok(Err(_)) => {
@@ -339,7 +350,7 @@ fn push_request(inner: &Inner, req: HostRequest) {
         let mut pending = inner.pending.lock().unwrap_or_else(PoisonError::into_inner);
         // Host programs cannot queue more than the device could ever accept.
         pending.requests.retain(|r| {
-            let fresh = r.created.elapsed() <= CONNECT_TIMEOUT;
+            let fresh = Instant::now() <= r.deadline;
             if !fresh {
                 r.io.close();
             }
@@ -393,7 +404,7 @@ impl WeakHost {
                 port,
                 io: Arc::clone(&io),
                 reply,
-                created: Instant::now(),
+                deadline: Instant::now() + CONNECT_TIMEOUT,
             },
         );
         Some(io)
