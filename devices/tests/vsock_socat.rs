@@ -26,11 +26,27 @@ fn have_socat() -> bool {
     ok
 }
 
-fn tempdir(tag: &str) -> std::path::PathBuf {
+/// A scratch directory, removed on drop (also when the test fails).
+struct TmpDir(std::path::PathBuf);
+
+impl std::ops::Deref for TmpDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir(tag: &str) -> TmpDir {
     let d = std::env::temp_dir().join(format!("krypton-vsock-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("temp dir");
-    d
+    TmpDir(d)
 }
 
 /// Runs `socat -t 10 - UNIX-CONNECT:<sock>` with `input` on stdin; returns a
@@ -104,7 +120,6 @@ fn socat_connects_to_a_guest_port() {
     let out = socat_client(&sock, b"HELLO\n".to_vec());
     assert_eq!(out.join().expect("socat"), b"");
     drop(g);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -156,5 +171,4 @@ fn guest_connects_to_a_socat_listener() {
         "guest bytes reached socat"
     );
     drop(g);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,8 +5,8 @@
 //! The disk has no init, so every platform ends the same way: the kernel
 //! mounts the root, finds no init and panics; krypton sees the panic on the
 //! serial line and exits with its guest-panic status (`panic=-1 reboot=k`
-//! would also reset through the i8042). Under kvm_pvm user space could not
-//! run anyway; see ../shared/notes/test-platform.md.
+//! would also reset through the i8042). Booting our initramfs and agent is
+//! the end-to-end suite's job (`tests/e2e/`).
 //!
 //! `cargo test -p krypton-tests --test kernel_boot` boots three ways, one
 //! after the other: vmlinux via PVH, vmlinux via the 64-bit entry
@@ -17,6 +17,7 @@
 //! `KRYPTON_BOOT_CPUS` (default 2).
 
 #[path = "../src/kernel_helpers.rs"]
+#[allow(dead_code)]
 mod helpers;
 
 use helpers::RunEnd;
@@ -299,86 +300,4 @@ fn cmdline_file_is_well_formed() {
         );
     }
     assert!(hides.iter().all(|h| h.split(':').count() == 4), "{hides:?}");
-}
-
-/// The initramfs from `cargo xtask images` as the only root: the kernel must
-/// unpack our newc archive and start the agent as /init. Under kvm_pvm the
-/// agent's first `syscall` faults (user space cannot run there), so init
-/// dies and the kernel panics; elsewhere the agent would wait for the host
-/// forever, and the end-to-end suite covers that case instead.
-#[test]
-fn initramfs_unpacks_and_starts_init() {
-    let _one = ONE_BOOT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(why) = helpers::kvm_unavailable() {
-        eprintln!("kernel_boot/initramfs: skipped: {why}");
-        return;
-    }
-    if !helpers::host_is_pvm() {
-        eprintln!(
-            "kernel_boot/initramfs: skipped: the agent runs here; the e2e suite covers this boot"
-        );
-        return;
-    }
-    let krypton = helpers::krypton_bin().expect("building krypton");
-    let kernel = helpers::kernel_dir("pvm-test")
-        .expect("building the pvm-test kernel")
-        .join("vmlinux");
-    let initramfs = helpers::initramfs().expect("building the initramfs");
-    let scratch = helpers::scratch_dir("kernel-boot-initramfs").expect("scratch dir");
-    let serial = scratch.join("serial.log");
-    let cmdline = format!(
-        "console=ttyS0 reboot=k panic=-1 {}",
-        helpers::pvm_test_cmdline().expect("cmdline")
-    );
-    let mut cmd = Command::new(&krypton);
-    cmd.args(["--log-level", "info", "boot"])
-        .arg("--kernel")
-        .arg(&kernel)
-        .arg("--initrd")
-        .arg(&initramfs);
-    cmd.args(["--mem", &MEM_MIB.to_string(), "--cmdline", &cmdline])
-        .arg("--serial")
-        .arg(&serial);
-    for hide in helpers::pvm_test_cpuid_hides().expect("pvm-test.cpuid") {
-        cmd.args(["--hide-cpuid", &hide]);
-    }
-    let (end, took) = helpers::run_with_deadline(
-        &mut cmd,
-        &scratch.join("krypton.log"),
-        Duration::from_secs(240),
-    )
-    .expect("running krypton");
-    let log = std::fs::read_to_string(&serial).unwrap_or_default();
-    eprintln!(
-        "kernel_boot/initramfs: {end:?} after {:.1} s wall",
-        took.as_secs_f64()
-    );
-    // The kernel frees the whole pages the initrd occupied.
-    let size_kib = std::fs::metadata(&initramfs)
-        .expect("initramfs size")
-        .len()
-        .div_ceil(4096)
-        * 4;
-    for needle in [
-        "Unpacking initramfs...".to_string(),
-        format!("Freeing initrd memory: {size_kib}K"),
-        "Run /init as init process".to_string(),
-        "Kernel panic - not syncing: Attempted to kill init!".to_string(),
-    ] {
-        assert!(
-            log.contains(&needle),
-            "missing {needle:?}\n--- serial log (tail) ---\n{}",
-            tail(&log, 40)
-        );
-    }
-    assert!(
-        !log.contains("Initramfs unpacking failed"),
-        "{}",
-        tail(&log, 40)
-    );
-    assert!(
-        matches!(end, RunEnd::Exited(s) if s.code() == Some(i32::from(GUEST_PANIC))),
-        "expected the guest-panic status, got {end:?}"
-    );
-    let _ = std::fs::remove_dir_all(&scratch);
 }

@@ -87,10 +87,10 @@ mod tests {
 
     #[test]
     fn parser_rejects_malformed_lines() {
-        assert_eq!(parse_cpuid("0x1 0 ecx 13 X\n7 0 edx 29 Y"), vec![
-            (1, 0, 2, 13),
-            (7, 0, 3, 29)
-        ]);
+        assert_eq!(
+            parse_cpuid("0x1 0 ecx 13 X\n7 0 edx 29 Y"),
+            vec![(1, 0, 2, 13), (7, 0, 3, 29)]
+        );
         assert!(parse_cpuid("0x1 0 exx 13 X\n0x1 0 ecx 40 X\nzz 0 ecx 1 X").is_empty());
     }
 

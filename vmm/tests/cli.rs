@@ -10,10 +10,26 @@ use support::elf64;
 
 const BIN: &str = env!("CARGO_BIN_EXE_krypton");
 
-fn tmpdir(name: &str) -> PathBuf {
+/// A scratch directory, removed on drop (also when the test fails).
+struct TmpDir(PathBuf);
+
+impl std::ops::Deref for TmpDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tmpdir(name: &str) -> TmpDir {
     let d = std::env::temp_dir().join(format!("krypton-cli-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&d).expect("tmpdir");
-    d
+    TmpDir(d)
 }
 
 /// mov al, 0x2a ; out 0xf4, al ; hlt

@@ -50,8 +50,7 @@ pub fn build_all() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// `cargo build --release -p krypton-agent`, statically linked, without
-/// debug info (the initramfs stays small; symbols stay for backtraces).
+/// `cargo build --profile agent -p krypton-agent` (size-optimised, stripped), statically linked.
 fn build_agent() -> Result<PathBuf> {
     let root = cache::workspace_root();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -60,23 +59,21 @@ fn build_agent() -> Result<PathBuf> {
             .current_dir(&root)
             .args([
                 "build",
-                "--release",
+                "--profile",
+                "agent",
                 "-p",
                 "krypton-agent",
                 "--target",
                 AGENT_TARGET,
             ])
-            .env(
-                "RUSTFLAGS",
-                "-C target-feature=+crt-static -C strip=debuginfo",
-            ),
+            .env("RUSTFLAGS", "-C target-feature=+crt-static"),
     )?;
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
     let bin = target_dir
         .join(AGENT_TARGET)
-        .join("release")
+        .join("agent")
         .join("krypton-agent");
     let elf = std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
     if has_interpreter(&elf)? {

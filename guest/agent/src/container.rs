@@ -129,6 +129,7 @@ fn setup(req: &ExecRequest) -> Result<()> {
 fn run(out: &mut File) -> Result<i32> {
     // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"krypton-init".as_ptr()) };
+    log::debug!("container init: started");
     let req = read_config()?;
     log::debug!("container init: setting up");
     setup(&req)?;

@@ -264,18 +264,30 @@ fn supervise(
             },
         );
     }
-    let mut workload = None;
-    for line in lines.map_while(|l| l.ok()) {
-        if let Some(raw) = line.strip_prefix("status ").and_then(|s| s.parse().ok()) {
-            workload = Some(crate::sys::wait_status(raw));
-        }
-    }
-    let init_raw = exit_rx.recv().unwrap_or(0);
+    // The container init reports the workload's status before it exits
+    // and its namespaces are torn down (unmounts, network namespace
+    // cleanup): that teardown is not on the way to the exit status.
+    let workload = lines.map_while(|l| l.ok()).find_map(|line| {
+        line.strip_prefix("status ")
+            .and_then(|s| s.parse().ok())
+            .map(crate::sys::wait_status)
+    });
+    log::debug!("exec {id}: workload status {workload:?}");
+    let mut init_raw = None;
     // The workload's own status, or the init's if it was killed first
     // (SIGKILL from the host, a group OOM kill).
-    let status = workload.unwrap_or_else(|| crate::sys::wait_status(init_raw));
+    let status = workload.unwrap_or_else(|| {
+        let raw = exit_rx.recv().unwrap_or(0);
+        init_raw = Some(raw);
+        crate::sys::wait_status(raw)
+    });
+    // Output ends when the workload and whatever shared its pipes are gone;
+    // the container init kills the rest of the container as it exits.
     for p in pumps {
         let _ = p.join();
     }
     send(sink, &Message::Exit { id, status });
+    if init_raw.is_none() {
+        let _ = exit_rx.recv();
+    }
 }

@@ -123,6 +123,7 @@ pub fn spawn(
         | libc::CLONE_PIDFD
         | libc::SIGCHLD;
     let mut pidfd: libc::c_int = -1;
+    log::debug!("cloning the container init");
     // SAFETY: `child` only uses `args` (alive until after clone returns in
     // the parent; the child has its own copy) and the stack is ours. With
     // CLONE_PIDFD the kernel stores the pidfd through the parent_tid arg.
@@ -136,6 +137,7 @@ pub fn spawn(
         )
     };
     let pid = check(pid).map_err(|e: io::Error| anyhow::anyhow!("clone container: {e}"))?;
+    log::debug!("container init {pid} cloned");
     drop(stack);
     drop(args);
     // SAFETY: CLONE_PIDFD returned a fresh descriptor that we now own.

@@ -74,10 +74,7 @@ impl ConsoleTail {
 
     fn scan_line(&self, line: &[u8]) {
         for (needle, mark) in MARKERS {
-            if line
-                .windows(needle.len())
-                .any(|w| w == needle.as_bytes())
-            {
+            if line.windows(needle.len()).any(|w| w == needle.as_bytes()) {
                 self.timeline.mark_once(mark);
             }
         }

@@ -8,13 +8,14 @@
 //!
 //! Exit codes: the command's own; 126/127 when it cannot be started; 128+N
 //! when killed by signal N; [`RunError::exit_code`] gives 125 for agent or
-//! transport failures and 124 for a timeout.
+//! transport failures, 124 for a timeout and 126/127 for a command that
+//! could not be started.
 
 mod session;
 mod stdio;
-mod timeline;
 #[cfg(test)]
 mod tests;
+mod timeline;
 
 use std::time::Duration;
 
@@ -83,6 +84,15 @@ pub enum RunError {
     /// `timeout` expired.
     #[error("timed out")]
     Timeout,
+    /// The command could not be started: 126 (not executable) or 127 (not
+    /// found), with the agent's reason.
+    #[error("{message}")]
+    NotStarted {
+        /// 126 or 127.
+        code: i32,
+        /// Why, e.g. "/no/such: No such file or directory".
+        message: String,
+    },
 }
 
 impl RunError {
@@ -90,6 +100,7 @@ impl RunError {
     pub fn exit_code(&self) -> i32 {
         match self {
             RunError::Timeout => EXIT_TIMEOUT,
+            RunError::NotStarted { code, .. } => *code,
             _ => EXIT_RUNTIME_FAILURE,
         }
     }

@@ -79,13 +79,21 @@ where
     if opts.argv.is_empty() {
         return Err(RunError::Invalid("empty command"));
     }
-    let fut = drive(stream, opts, io);
-    match opts.timeout {
-        Some(t) => tokio::time::timeout(t, fut)
-            .await
-            .map_err(|_| RunError::Timeout)?,
-        None => fut.await,
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let fut = drive(stream, opts, io, started_tx);
+    let Some(limit) = opts.timeout else {
+        return fut.await;
+    };
+    // The limit is the command's run time: it starts when the agent says
+    // the command started (container set-up is not counted).
+    tokio::pin!(fut);
+    tokio::select! {
+        r = &mut fut => return r,
+        _ = started_rx => {}
     }
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| RunError::Timeout)?
 }
 
 fn exec_request(opts: &RunOptions, size: Option<(u16, u16)>) -> ExecRequest {
@@ -106,7 +114,12 @@ fn exec_request(opts: &RunOptions, size: Option<(u16, u16)>) -> ExecRequest {
     }
 }
 
-async fn drive<S>(stream: S, opts: &RunOptions, io: RunIo<'_>) -> Result<i32, RunError>
+async fn drive<S>(
+    stream: S,
+    opts: &RunOptions,
+    io: RunIo<'_>,
+    started: tokio::sync::oneshot::Sender<()>,
+) -> Result<i32, RunError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -156,7 +169,13 @@ where
     };
     let stdin_pump = pump_stdin(stdin, tx.clone());
     let control = forward_control(io.control, tx);
-    let reader = read_events(&mut rd, io.stdout, io.stderr, opts.timeline.as_ref());
+    let reader = read_events(
+        &mut rd,
+        io.stdout,
+        io.stderr,
+        opts.timeline.as_ref(),
+        started,
+    );
     tokio::pin!(writer, stdin_pump, control, reader);
     let (mut writer_done, mut stdin_done, mut control_done) = (false, false, false);
     loop {
@@ -247,6 +266,7 @@ async fn read_events<R, O, E>(
     stdout: &mut O,
     stderr: &mut E,
     timeline: Option<&Timeline>,
+    started_tx: tokio::sync::oneshot::Sender<()>,
 ) -> Result<i32, RunError>
 where
     R: AsyncRead + Unpin,
@@ -254,6 +274,7 @@ where
     E: AsyncWrite + Unpin + ?Sized,
 {
     let mut started = false;
+    let mut started_tx = Some(started_tx);
     let mut out_broken = false;
     loop {
         let msg = match read_message_async(rd).await {
@@ -272,6 +293,9 @@ where
                 if let Some(t) = timeline {
                     t.mark("exec started");
                 }
+                if let Some(tx) = started_tx.take() {
+                    let _ = tx.send(());
+                }
                 started = true;
             }
             Message::ExecError {
@@ -283,7 +307,10 @@ where
                 if code == 125 {
                     return Err(RunError::Agent(message));
                 }
-                return Ok(i32::from(code));
+                return Err(RunError::NotStarted {
+                    code: i32::from(code),
+                    message,
+                });
             }
             Message::Output {
                 id: EXEC_ID,

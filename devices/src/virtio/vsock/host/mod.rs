@@ -247,9 +247,7 @@ impl VsockHost {
             deadline: Instant::now() + timeout,
         });
         // Time out on our runtime, so callers need no tokio timer of their own.
-        let waiter = self
-            .runtime()
-            .spawn(tokio::time::timeout(timeout * 2, rx));
+        let waiter = self.runtime().spawn(tokio::time::timeout(timeout * 2, rx));
         match waiter.await {
             Ok(Ok(Ok(true))) => Ok(mine),
             Ok(Err(_)) => {

@@ -1,0 +1,71 @@
+//! End to end: `krypton run` boots a real VM (guest kernel, agent
+//! initramfs, busybox rootfs) and runs containers in it, checked as a user
+//! sees them: exit statuses, stdio, TTY, limits, signals, timeouts, the
+//! overlay, a guest panic and a dying agent.
+//!
+//! Every case boots one VM; on kvm_pvm hosts that is about a minute each
+//! (the guest kernel is emulated), so each case checks as much as it can.
+//! Own harness (libtest-mimic): a case that cannot run here is reported as
+//! ignored with the reason, never as passed.
+
+mod cases;
+mod support;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+
+type Case = fn() -> anyhow::Result<()>;
+
+const CASES: &[(&str, Case)] = &[
+    (
+        "stdio_is_byte_exact_and_separate",
+        cases::stdio_is_byte_exact_and_separate,
+    ),
+    (
+        "tty_env_workdir_user_hostname",
+        cases::tty_env_workdir_user_hostname,
+    ),
+    (
+        "memory_limit_kills_with_137",
+        cases::memory_limit_kills_with_137,
+    ),
+    ("timeout_gives_124", cases::timeout_gives_124),
+    (
+        "signals_reach_the_container",
+        cases::signals_reach_the_container,
+    ),
+    (
+        "overlay_writes_and_mmio_check",
+        cases::overlay_writes_and_mmio_check,
+    ),
+    ("not_found_gives_127", cases::not_found_gives_127),
+    ("not_executable_gives_126", cases::not_executable_gives_126),
+    ("guest_panic_gives_120", cases::guest_panic_gives_120),
+    ("agent_death_gives_125", cases::agent_death_gives_125),
+];
+
+fn main() {
+    let args = Arguments::from_args();
+    let why = support::unsupported();
+    if let Some(w) = &why {
+        eprintln!("e2e: every case is IGNORED here: {w}");
+    }
+    let mut prepared: Option<Result<(), String>> = None;
+    let trials = CASES
+        .iter()
+        .map(|&(name, case)| {
+            Trial::test(name, move || {
+                case().map_err(|e| Failed::from(format!("{e:#}")))
+            })
+            .with_ignored_flag(why.is_some())
+        })
+        .collect::<Vec<_>>();
+    // Build the default guest once, before the cases run in parallel.
+    if why.is_none() && !args.list {
+        prepared = Some(support::prepare_default_guest().map_err(|e| format!("{e:#}")));
+    }
+    if let Some(Err(e)) = &prepared {
+        eprintln!("e2e: cannot prepare the default guest: {e}");
+        std::process::exit(101);
+    }
+    libtest_mimic::run(&args, trials).exit();
+}
