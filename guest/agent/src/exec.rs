@@ -126,6 +126,7 @@ pub fn start(
         cfg_r.as_raw_fd(),
         report_w.as_raw_fd(),
         &procs,
+        !agent.pid1,
     );
     let spawned = match spawned {
         Ok(s) => s,

@@ -1,6 +1,13 @@
-//! Starts the container init: `clone(2)` into new mount, pid, uts, ipc and
-//! net namespaces, join the cgroup, wire up the descriptors and re-exec the
-//! agent binary as `__container-init` (see `container.rs`).
+//! Starts the container init: `clone(2)` into new mount, pid, uts and ipc
+//! namespaces (and a new network namespace when the agent is not PID 1 of
+//! a VM), join the cgroup, wire up the descriptors and re-exec the agent
+//! binary as `__container-init` (see `container.rs`).
+//!
+//! In the utility VM the container keeps the VM's network namespace: the
+//! VM is already the isolation boundary (one container's network per VM,
+//! as in libkrun), the container sees the VM's interfaces, and no network
+//! namespace has to be built per exec (about 2 s of emulated kernel work
+//! on kvm_pvm hosts).
 //!
 //! The child of `clone` is a copy of a multi-threaded process, so it only
 //! makes async-signal-safe system calls on data prepared beforehand.
@@ -88,12 +95,14 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
 
 /// Clones the container init with `stdio` as fds 0-2, `config` as fd 3 and
 /// `report` as fd 4, joined to the cgroups whose `cgroup.procs` paths are
-/// given. The caller holds the reaper lock across this call.
+/// given, in a new network namespace when `new_netns`. The caller holds
+/// the reaper lock across this call.
 pub fn spawn(
     stdio: [RawFd; 3],
     config: RawFd,
     report: RawFd,
     procs: &[std::path::PathBuf],
+    new_netns: bool,
 ) -> anyhow::Result<Spawned> {
     let procs = procs
         .iter()
@@ -112,16 +121,26 @@ pub fn spawn(
         argv: ptr_array(&argv_c),
         envp: ptr_array(&env_c),
     });
-    let mut stack = vec![0u8; 256 << 10];
+    // One stack for every clone, allocated once and never freed: spawns are
+    // serialised by the reaper lock, the child only uses it until its exec,
+    // and unmapping it after each clone (and reusing the range) is what
+    // exposed lost TLB invalidations on kvm_pvm hosts (see
+    // guest/kernel/README.md).
+    static STACK: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    const STACK_SIZE: usize = 256 << 10;
+    let base = *STACK
+        .get_or_init(|| Box::leak(vec![0u8; STACK_SIZE].into_boxed_slice()).as_mut_ptr() as usize);
     // The stack grows down; start at the 16-byte aligned top.
-    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
-    let flags = libc::CLONE_NEWNS
+    let top = (base + STACK_SIZE) & !15;
+    let mut flags = libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWNET
         | libc::CLONE_PIDFD
         | libc::SIGCHLD;
+    if new_netns {
+        flags |= libc::CLONE_NEWNET;
+    }
     let mut pidfd: libc::c_int = -1;
     log::debug!("cloning the container init");
     // SAFETY: `child` only uses `args` (alive until after clone returns in
@@ -138,7 +157,6 @@ pub fn spawn(
     };
     let pid = check(pid).map_err(|e: io::Error| anyhow::anyhow!("clone container: {e}"))?;
     log::debug!("container init {pid} cloned");
-    drop(stack);
     drop(args);
     // SAFETY: CLONE_PIDFD returned a fresh descriptor that we now own.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
