@@ -129,12 +129,9 @@ fn setup(req: &ExecRequest) -> Result<()> {
 fn run(out: &mut File) -> Result<i32> {
     // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"krypton-init".as_ptr()) };
-    log::debug!("container init: started");
     let req = read_config()?;
-    log::debug!("container init: setting up");
     setup(&req)?;
     let w = prepare(&req)?;
-    log::debug!("container init: mounts ready, starting the workload");
     // Block everything: the workload unblocks, we take signals with
     // sigwaitinfo and forward them.
     // SAFETY: sigset manipulation on a local.
@@ -164,9 +161,7 @@ fn run(out: &mut File) -> Result<i32> {
     } else {
         report(out, "ok");
     }
-    log::debug!("container init: workload running");
     let raw = supervise(pid, &all);
-    log::debug!("container init: workload ended");
     report(out, &format!("status {raw}"));
     let status = crate::sys::wait_status(raw);
     Ok(status.code())

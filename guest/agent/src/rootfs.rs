@@ -127,7 +127,6 @@ pub fn enter(rootfs: &str) -> Result<()> {
         mkdir(d)?;
     }
     mount(&device, &lower, "ext4", libc::MS_RDONLY, "")?;
-    log::debug!("rootfs {device} mounted");
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.display(),
