@@ -15,6 +15,8 @@ pub enum GuestExit {
     /// The host (not the guest) ended the VM, e.g. `krypton run` after the
     /// command's exit status arrived.
     HostStop,
+    /// The host stops the VM to save it in a snapshot.
+    HostSnapshot,
 }
 
 type Waker = Box<dyn Fn() + Send + Sync>;

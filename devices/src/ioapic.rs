@@ -102,6 +102,19 @@ impl RedirEntry {
     }
 }
 
+/// The IOAPIC's registers, for snapshots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoapicState {
+    /// IOAPIC ID register.
+    pub id: u32,
+    /// IOREGSEL.
+    pub regsel: u32,
+    /// Redirection table, raw 64-bit entries, one per pin.
+    pub redir: [u64; NUM_PINS],
+    /// Input level of each pin.
+    pub levels: [bool; NUM_PINS],
+}
+
 /// The I/O APIC. Share it as `Arc<Mutex<Ioapic>>`: the bus holds one clone
 /// for the MMIO window, devices hold [`ioapic_pin`] lines.
 pub struct Ioapic {
@@ -134,6 +147,25 @@ impl Ioapic {
             levels: [false; NUM_PINS],
             sink,
         }
+    }
+
+    /// Saves the registers.
+    pub fn state(&self) -> IoapicState {
+        IoapicState {
+            id: self.id,
+            regsel: self.regsel,
+            redir: self.redir.map(|e| e.0),
+            levels: self.levels,
+        }
+    }
+
+    /// Restores saved registers. An entry whose remote IRR is set waits for
+    /// its EOI, as it did when saved.
+    pub fn restore(&mut self, s: &IoapicState) {
+        self.id = s.id;
+        self.regsel = s.regsel;
+        self.redir = s.redir.map(RedirEntry);
+        self.levels = s.levels;
     }
 
     /// Sets the input level of `pin`. Out-of-range pins are ignored (logged).

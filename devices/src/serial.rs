@@ -12,8 +12,18 @@ use crate::exit::{ExitSignal, GuestExit};
 use crate::interrupt::IrqLine;
 use crate::warn_ratelimited;
 
+pub use vm_superio::serial::SerialState;
+
 /// Number of I/O ports the UART occupies.
 pub const SERIAL_PORTS: u64 = 8;
+
+/// Errors restoring the UART.
+#[derive(Debug, thiserror::Error)]
+pub enum SerialError {
+    /// The saved receive FIFO does not fit the UART.
+    #[error("saved serial state has more input than the UART's FIFO holds")]
+    BadState,
+}
 
 /// Adapts an [`IrqLine`] to vm-superio's `Trigger`: one pulse per trigger.
 struct IrqTrigger(Arc<dyn IrqLine>);
@@ -48,6 +58,28 @@ impl Serial {
         Serial {
             uart: vm_superio::Serial::new(IrqTrigger(irq), out),
         }
+    }
+
+    /// Saves the UART registers and the receive FIFO.
+    pub fn state(&self) -> SerialState {
+        self.uart.state()
+    }
+
+    /// Restores saved registers, keeping this UART's output and IRQ line.
+    /// A FIFO longer than the UART's is refused.
+    pub fn restore(&mut self, state: &SerialState) -> Result<(), SerialError> {
+        // vm-superio's FIFO size: checked here so a bad state never costs
+        // the output writer.
+        if state.in_buffer.len() > 64 {
+            return Err(SerialError::BadState);
+        }
+        let irq = self.uart.interrupt_evt().0.clone();
+        let placeholder =
+            vm_superio::Serial::new(IrqTrigger(irq.clone()), Box::new(io::sink()) as _);
+        let out = std::mem::replace(&mut self.uart, placeholder).into_writer();
+        let uart = Uart::from_state(state, IrqTrigger(irq), vm_superio::serial::NoEvents, out);
+        self.uart = uart.map_err(|_| SerialError::BadState)?;
+        Ok(())
     }
 
     /// Queues host input for the guest. Returns how many bytes fitted in the

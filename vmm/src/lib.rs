@@ -10,4 +10,5 @@ pub mod mmio_check;
 pub mod pvm;
 pub mod run;
 pub mod selftest;
+pub mod snapshot;
 pub mod vcpu;

@@ -25,8 +25,9 @@ use krypton_devices::virtio::mmio::MmioTransport;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::bus::{Bus, BusError};
-use crate::hv::{HvError, Hypervisor, Kick, Vcpu, Vm, VmConfig};
+use crate::hv::{HvError, Hypervisor, Kick, Vcpu, VcpuState, Vm, VmConfig};
 use crate::mmio_check::{MmioCheck, MmioCheckStats};
+use crate::snapshot::MachineState;
 use crate::vcpu::{ExitContext, VcpuStop, run_loop};
 
 /// Smallest and largest guest RAM accepted, in MiB.
@@ -89,6 +90,8 @@ pub enum Outcome {
     Timeout,
     /// The VMM stopped the VM on the host's request.
     Stopped,
+    /// The VM was stopped and saved to a snapshot.
+    Snapshotted,
 }
 
 /// Errors while building or running a VM.
@@ -139,6 +142,12 @@ pub enum MachineError {
         #[source]
         source: HvError,
     },
+    /// Saving or restoring a snapshot failed.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    /// A snapshot's device state does not fit this VM's devices.
+    #[error("snapshot does not fit this VM: {0}")]
+    SnapshotDevices(String),
     /// The guest made an exit the VMM cannot handle.
     #[error("vCPU {id} stopped on an unhandled exit: {what}")]
     Unhandled {
@@ -160,7 +169,11 @@ pub struct Machine {
     serial: Arc<Mutex<Serial>>,
     exit: Arc<ExitSignal>,
     virtio: Vec<VirtioMmioDevice>,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
     mmio_check: Option<Arc<MmioCheckStats>>,
+    /// Where to save the VM when the host requests a snapshot, and the
+    /// identity key to write.
+    snapshot_out: Option<(PathBuf, u64)>,
 }
 
 /// Most virtio-mmio devices per VM (IOAPIC pins 5..=23).
@@ -190,7 +203,8 @@ fn host_ram_mib() -> Option<u64> {
     None
 }
 
-fn serial_writer(out: SerialOut) -> Result<Box<dyn Write + Send>, MachineError> {
+/// The writer COM1's output goes to.
+pub fn serial_writer(out: SerialOut) -> Result<Box<dyn Write + Send>, MachineError> {
     Ok(match out {
         SerialOut::Stdout => Box::new(std::io::LineWriter::new(std::io::stdout())),
         SerialOut::Null => Box::new(std::io::sink()),
@@ -209,6 +223,16 @@ fn serial_writer(out: SerialOut) -> Result<Box<dyn Write + Send>, MachineError> 
 impl Machine {
     /// Creates the VM, its RAM and the platform devices.
     pub fn new(hv: &dyn Hypervisor, cfg: MachineConfig) -> Result<Machine, MachineError> {
+        Self::with_memory(hv, cfg, None)
+    }
+
+    /// Creates the VM with guest RAM `memory` (laid out as
+    /// `layout::ram_regions`), or fresh anonymous RAM when `None`.
+    fn with_memory(
+        hv: &dyn Hypervisor,
+        cfg: MachineConfig,
+        memory: Option<GuestMem>,
+    ) -> Result<Machine, MachineError> {
         if !MEM_MIB_RANGE.contains(&cfg.mem_mib) || host_ram_mib().is_some_and(|h| cfg.mem_mib > h)
         {
             return Err(MachineError::MemSize(cfg.mem_mib));
@@ -224,10 +248,13 @@ impl Machine {
             .into_iter()
             .map(|(start, size)| (GuestAddress(start), size as usize))
             .collect();
-        let mem = GuestMem::from_ranges(&ranges).map_err(|source| MachineError::Memory {
-            mib: cfg.mem_mib,
-            source,
-        })?;
+        let mem = match memory {
+            Some(m) => m,
+            None => GuestMem::from_ranges(&ranges).map_err(|source| MachineError::Memory {
+                mib: cfg.mem_mib,
+                source,
+            })?,
+        };
         for (slot, region) in mem.iter().enumerate() {
             let host = region.as_ptr();
             // SAFETY: `mem` owns the mapping and is kept in the Machine (and
@@ -276,7 +303,9 @@ impl Machine {
             serial,
             exit,
             virtio: Vec::new(),
+            transports: Vec::new(),
             mmio_check,
+            snapshot_out: None,
         })
     }
 
@@ -337,8 +366,9 @@ impl Machine {
             irq: layout::VIRTIO_IRQ_BASE + index as u8,
         };
         let transport = MmioTransport::new(device, self.mem.clone(), self.irq_line(slot.irq));
-        self.mmio
-            .insert(slot.base, slot.size, Arc::new(Mutex::new(transport)))?;
+        let transport = Arc::new(Mutex::new(transport));
+        self.mmio.insert(slot.base, slot.size, transport.clone())?;
+        self.transports.push(transport);
         self.virtio.push(slot);
         Ok(slot)
     }
@@ -362,6 +392,10 @@ impl Machine {
     /// Boots vCPU 0 from `boot` (the others wait for INIT/SIPI) and runs
     /// until the guest ends the VM, a vCPU stops, or `timeout` passes.
     pub fn run(self, boot: CpuState, timeout: Option<Duration>) -> Result<Outcome, MachineError> {
+        self.start(Start::Boot(boot), timeout)
+    }
+
+    fn start(mut self, how: Start, timeout: Option<Duration>) -> Result<Outcome, MachineError> {
         let mut vcpus: Vec<Box<dyn Vcpu>> = Vec::with_capacity(usize::from(self.cpus));
         for id in 0..self.cpus {
             vcpus.push(
@@ -370,18 +404,10 @@ impl Machine {
                     .map_err(|source| MachineError::Vcpu { id, source })?,
             );
         }
-        let bsp = &mut vcpus[0];
-        let setup = bsp
-            .set_sregs(&boot.sregs)
-            .and_then(|()| bsp.set_regs(&boot.regs));
-        let setup = setup.and_then(|()| {
-            if boot.msrs.is_empty() {
-                Ok(())
-            } else {
-                bsp.set_msrs(&boot.msrs)
-            }
-        });
-        setup.map_err(|source| MachineError::Vcpu { id: 0, source })?;
+        match how {
+            Start::Boot(boot) => set_boot_state(vcpus[0].as_mut(), &boot)?,
+            Start::Restore(state) => self.restore_state(&state, &mut vcpus)?,
+        }
 
         let stop = Arc::new(AtomicBool::new(false));
         let kickers: Arc<Vec<Arc<dyn Kick>>> = Arc::new(vcpus.iter().map(|v| v.kicker()).collect());
@@ -396,8 +422,8 @@ impl Machine {
 
         let ioapic = self.ioapic.clone();
         let ctx = Arc::new(ExitContext {
-            pio: Arc::new(self.pio),
-            mmio: Arc::new(self.mmio),
+            pio: Arc::new(std::mem::replace(&mut self.pio, Bus::new("port"))),
+            mmio: Arc::new(std::mem::replace(&mut self.mmio, Bus::new("MMIO"))),
             eoi: Box::new(move |v| {
                 ioapic
                     .lock()
@@ -410,14 +436,23 @@ impl Machine {
             }),
         });
         let (tx, rx) = mpsc::channel::<(u8, VcpuStop)>();
+        let saved: Arc<Mutex<SavedVcpus>> = Arc::default();
         let mut threads = Vec::new();
         for (id, mut vcpu) in vcpus.into_iter().enumerate() {
             let (ctx, stop, tx, mem) = (ctx.clone(), stop.clone(), tx.clone(), self.mem.clone());
+            let (exit, saved) = (self.exit.clone(), saved.clone());
             let t = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
                     let why = run_loop(vcpu.as_mut(), &ctx, &stop);
                     log_stop(vcpu.as_ref(), id, &why, &mem);
+                    if exit.get() == Some(GuestExit::HostSnapshot) {
+                        let state = vcpu.save_state();
+                        saved
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push((id as u8, state));
+                    }
                     let _ = tx.send((id as u8, why));
                 })
                 .map_err(MachineError::Thread);
@@ -460,6 +495,10 @@ impl Machine {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .flush();
+        if self.exit.get() == Some(GuestExit::HostSnapshot) {
+            let saved = std::mem::take(&mut *saved.lock().unwrap_or_else(PoisonError::into_inner));
+            self.save_snapshot(saved)?;
+        }
         if let Some(stats) = &self.mmio_check {
             log::info!(
                 "MMIO emulator differential check: {} exits checked, {} mismatches",
@@ -469,6 +508,31 @@ impl Machine {
         }
         outcome(self.exit.get(), stops)
     }
+}
+
+/// vCPU states saved by their threads for a snapshot, by vCPU ID.
+type SavedVcpus = Vec<(u8, Result<VcpuState, HvError>)>;
+
+/// How [`Machine::start`] starts the vCPUs.
+enum Start {
+    /// From the boot protocol's entry state (vCPU 0 only).
+    Boot(CpuState),
+    /// From a snapshot's saved state.
+    Restore(MachineState),
+}
+
+fn set_boot_state(bsp: &mut dyn Vcpu, boot: &CpuState) -> Result<(), MachineError> {
+    let setup = bsp
+        .set_sregs(&boot.sregs)
+        .and_then(|()| bsp.set_regs(&boot.regs));
+    let setup = setup.and_then(|()| {
+        if boot.msrs.is_empty() {
+            Ok(())
+        } else {
+            bsp.set_msrs(&boot.msrs)
+        }
+    });
+    setup.map_err(|source| MachineError::Vcpu { id: 0, source })
 }
 
 /// Logs where a vCPU stopped: at error level with the instruction bytes
@@ -522,6 +586,7 @@ fn outcome(
         Some(GuestExit::Reset) => return Ok(Outcome::Reset),
         Some(GuestExit::Panic) => return Ok(Outcome::Panic),
         Some(GuestExit::HostStop) => return Ok(Outcome::Stopped),
+        Some(GuestExit::HostSnapshot) => return Ok(Outcome::Snapshotted),
         None => {}
     }
     match stops.into_iter().next() {
@@ -532,6 +597,8 @@ fn outcome(
         Some((id, VcpuStop::Error(source))) => Err(MachineError::Vcpu { id, source }),
     }
 }
+
+mod snapshot;
 
 #[cfg(test)]
 mod tests {

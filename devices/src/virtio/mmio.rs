@@ -367,14 +367,16 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) {
-        let queues = match self.build_queues() {
-            Ok(q) => q,
+        match self.build_queues() {
+            Ok(q) => self.start_device(q),
             Err(e) => {
                 warn_ratelimited!("virtio-mmio: cannot activate: {e}");
                 self.set_needs_reset();
-                return;
             }
-        };
+        }
+    }
+
+    fn start_device(&mut self, queues: Vec<Queue>) {
         let ctx = ActivateContext {
             mem: self.mem.clone(),
             interrupt: Arc::clone(&self.interrupt) as Arc<dyn VirtioInterrupt>,
@@ -541,5 +543,8 @@ impl Drop for MmioTransport {
     }
 }
 
+mod state;
 #[cfg(test)]
 mod tests;
+
+pub use state::{QueueState, TransportState, TransportStateError};

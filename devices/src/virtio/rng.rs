@@ -177,4 +177,41 @@ mod tests {
         d.notify(0);
         assert_eq!(ring.wait_used(&mem).map(|u| u.1), Some(8), "still healthy");
     }
+
+    #[test]
+    fn a_restored_transport_continues_where_the_saved_one_stopped() {
+        let (mut d, mem, mut ring) = setup();
+        for _ in 0..2 {
+            ring.add_chain(&mem, &[(BUF, 16, F_WRITE)]);
+            d.notify(0);
+            assert_eq!(ring.wait_used(&mem).map(|u| u.1), Some(16));
+        }
+        let saved = d.t.save_state();
+        assert!(!d.t.is_activated(), "saving stops the device");
+        assert_eq!(saved.device_type, RNG_DEVICE_ID);
+        assert_eq!(saved.queues[0].progress, 2);
+        // A chain the driver posts while the VM is saved is served after
+        // the restore, by a new transport over the same memory.
+        ring.add_chain(&mem, &[(BUF, 24, F_WRITE)]);
+        let irq = std::sync::Arc::new(crate::virtio::testing::PulseCounter::default());
+        let mut t = crate::virtio::mmio::MmioTransport::new(
+            Box::new(Rng::new()),
+            mem.clone(),
+            irq.clone() as std::sync::Arc<dyn crate::interrupt::IrqLine>,
+        );
+        t.restore_state(&saved).expect("restore");
+        assert!(t.is_activated());
+        assert_eq!(ring.wait_used(&mem).map(|u| u.1), Some(24));
+        assert_eq!(ring.used_idx(&mem), 3);
+        // A different device in the slot is refused.
+        let mut other = saved.clone();
+        other.device_type = 2;
+        let mut t2 = crate::virtio::mmio::MmioTransport::new(
+            Box::new(Rng::new()),
+            mem.clone(),
+            irq as std::sync::Arc<dyn crate::interrupt::IrqLine>,
+        );
+        assert!(t2.restore_state(&other).is_err());
+        assert!(!t2.is_activated());
+    }
 }

@@ -8,12 +8,14 @@
 
 #[cfg(target_os = "linux")]
 pub mod kvm;
+pub mod state;
 pub mod whp;
 
 use std::sync::Arc;
 
 pub use krypton_boot::cpu::{CpuState, DescriptorTable, Regs, Segment, Sregs};
 pub use krypton_devices::interrupt::{Msi, MsiSink};
+pub use state::{MpState, VcpuEvents, VcpuState, VmState};
 
 /// One port-I/O or MMIO access, seen from the device side.
 #[derive(Debug)]
@@ -100,6 +102,10 @@ pub trait Vm: Send + Sync + MsiSink {
     /// Creates vCPU `id`. vCPU 0 is the boot processor; the others wait for
     /// INIT/SIPI from it.
     fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>, HvError>;
+    /// Saves VM-wide hypervisor state (the paravirtual clock).
+    fn save_state(&self) -> Result<VmState, HvError>;
+    /// Restores what [`Vm::save_state`] saved, before any vCPU runs.
+    fn restore_state(&self, state: &VmState) -> Result<(), HvError>;
 }
 
 /// Makes a running vCPU return `VcpuExit::Canceled` soon. Cheap and callable
@@ -133,6 +139,11 @@ pub trait Vcpu: Send {
     fn translate_gva(&self, gva: u64, write: bool) -> Result<Option<u64>, HvError>;
     /// A handle that cancels `run` from another thread.
     fn kicker(&self) -> Arc<dyn Kick>;
+    /// Saves the state of a vCPU that is not running (after its loop
+    /// stopped), completing any I/O whose result was still pending.
+    fn save_state(&mut self) -> Result<VcpuState, HvError>;
+    /// Restores a freshly created vCPU to `state`.
+    fn restore_state(&mut self, state: &VcpuState) -> Result<(), HvError>;
 }
 
 /// Which backend to use.

@@ -72,6 +72,12 @@ impl Vcpu for FakeVcpu {
     fn kicker(&self) -> Arc<dyn Kick> {
         Arc::new(NoKick)
     }
+    fn save_state(&mut self) -> Result<crate::hv::VcpuState, HvError> {
+        Ok(crate::hv::VcpuState::default())
+    }
+    fn restore_state(&mut self, _: &crate::hv::VcpuState) -> Result<(), HvError> {
+        Ok(())
+    }
 }
 
 impl FakeVcpu {

@@ -3,6 +3,7 @@
 
 mod cpuid;
 mod regs;
+mod state;
 mod vcpu;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,7 +14,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Cap, VmFd};
 
-use super::{HvError, Hypervisor, Msi, MsiSink, Vcpu, Vm, VmConfig};
+use super::{HvError, Hypervisor, Msi, MsiSink, Vcpu, Vm, VmConfig, VmState};
 use krypton_devices::warn_ratelimited;
 
 pub use vcpu::KvmVcpu;
@@ -100,9 +101,16 @@ impl Hypervisor for Kvm {
         fd.enable_cap(&cap)
             .map_err(call_err("KVM_ENABLE_CAP(SPLIT_IRQCHIP)"))?;
         let cpuid = cpuid::build(&self.kvm, config)?;
+        let msr_index = self
+            .kvm
+            .get_msr_index_list()
+            .map_err(call_err("KVM_GET_MSR_INDEX_LIST"))?
+            .as_slice()
+            .to_vec();
         Ok(Arc::new(KvmVm {
             fd,
             cpuid,
+            msr_index: Arc::new(msr_index),
             cpus: config.cpus,
             level_routes: Mutex::new(Vec::new()),
         }))
@@ -114,6 +122,8 @@ impl Hypervisor for Kvm {
 pub struct KvmVm {
     fd: VmFd,
     cpuid: kvm_bindings::CpuId,
+    /// MSRs KVM can save and restore (KVM_GET_MSR_INDEX_LIST).
+    msr_index: Arc<Vec<u32>>,
     cpus: u8,
     /// Level-triggered MSIs seen so far, installed as routes on the
     /// IOAPIC-reserved GSIs so the kernel exits on their EOI.
@@ -210,6 +220,14 @@ impl Vm for KvmVm {
             .map_err(call_err("KVM_CREATE_VCPU"))?;
         let cpuid = cpuid::for_vcpu(&self.cpuid, id, self.cpus);
         fd.set_cpuid2(&cpuid).map_err(call_err("KVM_SET_CPUID2"))?;
-        Ok(Box::new(KvmVcpu::new(fd, id)))
+        Ok(Box::new(KvmVcpu::new(fd, id, self.msr_index.clone())))
+    }
+
+    fn save_state(&self) -> Result<VmState, HvError> {
+        state::save_vm(&self.fd)
+    }
+
+    fn restore_state(&self, s: &VmState) -> Result<(), HvError> {
+        state::restore_vm(&self.fd, s)
     }
 }

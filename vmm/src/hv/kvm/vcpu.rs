@@ -12,8 +12,8 @@ use kvm_bindings::{KVM_EXIT_IO, KVM_EXIT_IO_IN, KVM_EXIT_MMIO, kvm_run};
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd};
 use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
 
-use super::{call_err, regs};
-use crate::hv::{HvError, IoOp, Kick, Regs, Sregs, Vcpu, VcpuExit};
+use super::{call_err, regs, state};
+use crate::hv::{HvError, IoOp, Kick, Regs, Sregs, Vcpu, VcpuExit, VcpuState};
 
 thread_local! {
     /// The `kvm_run` of the vCPU this thread runs, for the kick handler.
@@ -71,14 +71,16 @@ pub struct KvmVcpu {
     fd: VcpuFd,
     id: u8,
     kick: Arc<KvmKick>,
+    msr_index: Arc<Vec<u32>>,
 }
 
 impl KvmVcpu {
-    pub(super) fn new(fd: VcpuFd, id: u8) -> Self {
+    pub(super) fn new(fd: VcpuFd, id: u8, msr_index: Arc<Vec<u32>>) -> Self {
         KvmVcpu {
             fd,
             id,
             kick: Arc::default(),
+            msr_index,
         }
     }
 }
@@ -253,5 +255,13 @@ impl Vcpu for KvmVcpu {
 
     fn kicker(&self) -> Arc<dyn Kick> {
         self.kick.clone()
+    }
+
+    fn save_state(&mut self) -> Result<VcpuState, HvError> {
+        state::save(&mut self.fd, &self.msr_index)
+    }
+
+    fn restore_state(&mut self, s: &VcpuState) -> Result<(), HvError> {
+        state::restore(&mut self.fd, s)
     }
 }

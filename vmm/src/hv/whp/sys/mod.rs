@@ -6,7 +6,7 @@ mod vcpu;
 
 use super::abi::prop;
 use super::policy::{self, DEFAULT_APIC_HZ};
-use crate::hv::{HvError, Hypervisor, Msi, MsiSink, Vcpu, Vm, VmConfig};
+use crate::hv::{HvError, Hypervisor, Msi, MsiSink, Vcpu, Vm, VmConfig, VmState};
 use api::{Api, check};
 use krypton_devices::warn_ratelimited;
 use std::ffi::c_void;
@@ -236,5 +236,13 @@ impl Vm for WhpVm {
     fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>, HvError> {
         vcpu::WhpVcpu::create(self.part.clone(), u32::from(id))
             .map(|v| Box::new(v) as Box<dyn Vcpu>)
+    }
+
+    fn save_state(&self) -> Result<VmState, HvError> {
+        Err(HvError::Unavailable(super::SNAPSHOT_UNSUPPORTED.into()))
+    }
+
+    fn restore_state(&self, _: &VmState) -> Result<(), HvError> {
+        Err(HvError::Unavailable(super::SNAPSHOT_UNSUPPORTED.into()))
     }
 }

@@ -7,7 +7,7 @@ use crate::emulator::{self, SnapshotCpu};
 use crate::hv::whp::abi::{self, Exit, ExitBuf, IoAccess, MemoryAccess, RegValue, VpContext, reg};
 use crate::hv::whp::policy::{self, MsrReply};
 use crate::hv::whp::regs::{self, GPR_NAMES, SREG_NAMES};
-use crate::hv::{HvError, IoOp, Kick, Regs, Sregs, Vcpu, VcpuExit};
+use crate::hv::{HvError, IoOp, Kick, Regs, Sregs, Vcpu, VcpuExit, VcpuState};
 use krypton_devices::warn_ratelimited;
 use std::sync::Arc;
 use windows_sys::Win32::System::Hypervisor::{WHV_REGISTER_VALUE, WHV_TRANSLATE_GVA_RESULT};
@@ -329,6 +329,18 @@ impl Vcpu for WhpVcpu {
             part: self.part.clone(),
             index: self.index,
         })
+    }
+
+    fn save_state(&mut self) -> Result<VcpuState, HvError> {
+        Err(HvError::Unavailable(
+            super::super::SNAPSHOT_UNSUPPORTED.into(),
+        ))
+    }
+
+    fn restore_state(&mut self, _: &VcpuState) -> Result<(), HvError> {
+        Err(HvError::Unavailable(
+            super::super::SNAPSHOT_UNSUPPORTED.into(),
+        ))
     }
 }
 
