@@ -11,6 +11,7 @@ mod container;
 mod exec;
 mod init;
 mod reaper;
+mod restore;
 mod rootfs;
 mod session;
 mod spawn;
@@ -40,7 +41,7 @@ impl Agent {
             c |= caps::CGROUPS;
         }
         if self.pid1 {
-            c |= caps::SHUTDOWN;
+            c |= caps::SHUTDOWN | caps::RESTORE;
         }
         c
     }

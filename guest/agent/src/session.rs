@@ -149,6 +149,26 @@ fn dispatch(
                 }
             }
             Message::Shutdown => crate::shutdown(agent),
+            Message::Restored {
+                entropy,
+                unix_time_ns,
+            } => {
+                let result = if agent.pid1 {
+                    crate::restore::apply(&entropy, unix_time_ns)
+                } else {
+                    Err(anyhow::anyhow!(
+                        "not the VM's init: RNG and clock left alone"
+                    ))
+                };
+                match result {
+                    Ok(()) => log::debug!("restored: RNG reseeded, clock set"),
+                    Err(e) => {
+                        let message = format!("after restore: {e:#}");
+                        log::warn!("{message}");
+                        send(sink, &Message::Error { id: 0, message });
+                    }
+                }
+            }
             other => {
                 let message = format!("unexpected message {other:?}");
                 send(sink, &Message::Error { id: 0, message });

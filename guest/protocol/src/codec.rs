@@ -1,8 +1,8 @@
 //! Hand-written payload encoding and decoding.
 
 use crate::{
-    ExecRequest, ExitStatus, Limits, MAX_ARGS, MAX_CHUNK, MAX_ENV, MAX_FRAME, MAX_STRING, Message,
-    ProtocolError, Stream,
+    ExecRequest, ExitStatus, Limits, MAX_ARGS, MAX_CHUNK, MAX_ENTROPY, MAX_ENV, MAX_FRAME,
+    MAX_STRING, Message, ProtocolError, Stream,
 };
 
 const T_HELLO: u8 = 0x01;
@@ -12,6 +12,7 @@ const T_STDIN_EOF: u8 = 0x12;
 const T_SIGNAL: u8 = 0x13;
 const T_RESIZE: u8 = 0x14;
 const T_SHUTDOWN: u8 = 0x15;
+const T_RESTORED: u8 = 0x16;
 const T_STARTED: u8 = 0x20;
 const T_EXEC_ERROR: u8 = 0x21;
 const T_OUTPUT: u8 = 0x22;
@@ -119,6 +120,14 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, ProtocolError> {
             w.u16(*cols);
         }
         Message::Shutdown => w.u8(T_SHUTDOWN),
+        Message::Restored {
+            entropy,
+            unix_time_ns,
+        } => {
+            w.u8(T_RESTORED);
+            w.bytes(entropy, MAX_ENTROPY)?;
+            w.u64(*unix_time_ns);
+        }
         Message::Started { id, pid } => {
             w.u8(T_STARTED);
             w.u32(*id);
@@ -342,6 +351,10 @@ pub fn decode(body: &[u8]) -> Result<Message, ProtocolError> {
             cols: r.u16("cols")?,
         },
         T_SHUTDOWN => Message::Shutdown,
+        T_RESTORED => Message::Restored {
+            entropy: r.bytes(MAX_ENTROPY, "entropy")?.to_vec(),
+            unix_time_ns: r.u64("unix_time_ns")?,
+        },
         T_STARTED => Message::Started {
             id: r.u32("id")?,
             pid: r.u32("pid")?,

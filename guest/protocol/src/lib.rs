@@ -58,7 +58,12 @@ pub mod caps {
     pub const ROOTFS: u64 = 1 << 3;
     /// The agent powers the machine off on `Shutdown`.
     pub const SHUTDOWN: u64 = 1 << 4;
+    /// The agent reseeds the kernel's RNG and sets the clock on `Restored`.
+    pub const RESTORE: u64 = 1 << 5;
 }
+
+/// Most entropy bytes in one `Restored`.
+pub const MAX_ENTROPY: usize = 512;
 
 /// Errors of the wire format.
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +224,15 @@ pub enum Message {
     },
     /// Host → agent: sync and power off (ignored unless the agent is PID 1).
     Shutdown,
+    /// Host → agent: this VM was just restored from a snapshot that its
+    /// siblings share. Mix in fresh entropy, reseed the kernel's CRNG and
+    /// set the clock, before anything else runs.
+    Restored {
+        /// Fresh random bytes from the host (at most [`MAX_ENTROPY`]).
+        entropy: Vec<u8>,
+        /// The host's wall clock, ns since the Unix epoch.
+        unix_time_ns: u64,
+    },
     /// Agent → host: the process is running.
     Started {
         /// Exec id.

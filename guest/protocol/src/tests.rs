@@ -50,6 +50,10 @@ fn all_messages() -> Vec<Message> {
             cols: 132,
         },
         Message::Shutdown,
+        Message::Restored {
+            entropy: vec![7; 64],
+            unix_time_ns: 1_796_000_000_123_456_789,
+        },
         Message::Started { id: 1, pid: 4242 },
         Message::ExecError {
             id: 1,

@@ -10,8 +10,10 @@ use krypton_boot::mptable::{Polarity, Trigger};
 use krypton_devices::virtio::vsock::VsockHost;
 
 use super::devices::{self, DeviceArgs};
+use super::snapshot::{LineWatch, identity_key};
 use super::{fail, one_line, status};
-use crate::machine::{Machine, MachineConfig, Outcome, SerialOut};
+use crate::machine::{Machine, MachineConfig, MachineError, Outcome, SerialOut};
+use crate::snapshot::{MachineState, Snapshot};
 
 /// Options of `krypton boot`.
 #[derive(clap::Args, Debug)]
@@ -47,6 +49,20 @@ pub struct BootArgs {
     /// Virtio devices.
     #[command(flatten)]
     pub devices: DeviceArgs,
+    /// Save the VM to this snapshot file and stop, when --snapshot-on or
+    /// --snapshot-after says.
+    #[arg(long)]
+    pub snapshot_out: Option<PathBuf>,
+    /// Save as soon as the console prints a line containing this text.
+    #[arg(long, requires = "snapshot_out")]
+    pub snapshot_on: Option<String>,
+    /// Save this many seconds after the VM starts.
+    #[arg(long, requires = "snapshot_out")]
+    pub snapshot_after: Option<f64>,
+    /// Start from this snapshot instead of booting. Give the same kernel,
+    /// initrd, command line, memory, vCPUs and devices it was made with.
+    #[arg(long, conflicts_with = "snapshot_out")]
+    pub restore: Option<PathBuf>,
 }
 
 fn parse_num(s: &str) -> Result<u32, String> {
@@ -89,7 +105,11 @@ fn serial_out(s: &str) -> SerialOut {
 pub fn exit_status(outcome: Outcome) -> u8 {
     match outcome {
         Outcome::DebugExit(v) => ((v << 1) | 1) as u8,
-        Outcome::Reset | Outcome::Shutdown | Outcome::Halted | Outcome::Stopped => status::OK,
+        Outcome::Reset
+        | Outcome::Shutdown
+        | Outcome::Halted
+        | Outcome::Stopped
+        | Outcome::Snapshotted => status::OK,
         Outcome::Panic => status::GUEST_PANIC,
         Outcome::Timeout => status::TIMEOUT,
     }
@@ -119,15 +139,39 @@ pub(super) struct VmSpec<'a> {
     pub devices: &'a DeviceArgs,
 }
 
+/// How a prepared VM starts.
+pub(super) enum VmStart {
+    /// At the kernel's entry point.
+    Boot(CpuState),
+    /// Where a snapshot left off.
+    Resume(MachineState),
+}
+
 /// A VM ready to run.
 pub(super) struct PreparedVm {
     pub machine: Machine,
-    pub state: CpuState,
+    pub start: VmStart,
     pub vsock: VsockHost,
 }
 
-/// Opens the hypervisor, builds the machine and its devices, loads the kernel.
-pub(super) fn prepare(spec: VmSpec<'_>) -> Result<PreparedVm, String> {
+impl PreparedVm {
+    /// Runs the machine (see [`Machine::run`]); the vsock host must be kept
+    /// by the caller.
+    pub fn run(
+        machine: Machine,
+        start: VmStart,
+        timeout: Option<Duration>,
+    ) -> Result<Outcome, MachineError> {
+        match start {
+            VmStart::Boot(state) => machine.run(state, timeout),
+            VmStart::Resume(state) => machine.resume(state, timeout),
+        }
+    }
+}
+
+/// Opens the hypervisor, builds the machine and its devices, and loads the
+/// kernel, or with `restore`, maps the snapshot's memory instead.
+pub(super) fn prepare(spec: VmSpec<'_>, restore: Option<Snapshot>) -> Result<PreparedVm, String> {
     if let Err(e) = std::fs::metadata(spec.kernel) {
         return Err(format!("cannot read kernel {}: {e}", spec.kernel.display()));
     }
@@ -142,6 +186,16 @@ pub(super) fn prepare(spec: VmSpec<'_>) -> Result<PreparedVm, String> {
         serial: spec.serial,
         hide_cpuid: spec.hide_cpuid,
     };
+    if let Some(snap) = restore {
+        let mut machine =
+            Machine::from_snapshot(hv.as_ref(), cfg, &snap).map_err(|e| one_line(&e))?;
+        let vsock = devices::add_all(&mut machine, spec.devices)?;
+        return Ok(PreparedVm {
+            machine,
+            start: VmStart::Resume(snap.state),
+            vsock,
+        });
+    }
     let mut machine = Machine::new(hv.as_ref(), cfg).map_err(|e| one_line(&e))?;
     let vsock = devices::add_all(&mut machine, spec.devices)?;
     let ram = krypton_boot::layout::ram_regions(spec.mem << 20);
@@ -165,30 +219,87 @@ pub(super) fn prepare(spec: VmSpec<'_>) -> Result<PreparedVm, String> {
     log::info!("kernel command line: {}", kcfg.full_cmdline());
     Ok(PreparedVm {
         machine,
-        state,
+        start: VmStart::Boot(state),
         vsock,
     })
 }
 
 fn boot(args: BootArgs) -> Result<Outcome, String> {
     let timeout = parse_timeout(args.timeout)?;
-    let vm = prepare(VmSpec {
+    let snapshot_after = parse_timeout(args.snapshot_after)?;
+    let mut serial = serial_out(&args.serial);
+    let mut seen = None;
+    if let Some(needle) = &args.snapshot_on {
+        let inner = crate::machine::serial_writer(serial).map_err(|e| one_line(&e))?;
+        let (w, flag) = LineWatch::new(inner, needle);
+        serial = SerialOut::Writer(Box::new(w));
+        seen = Some(flag);
+    }
+    let spec = VmSpec {
         kernel: &args.kernel,
         initrd: args.initrd.as_deref(),
-        cmdline: args.cmdline,
+        cmdline: args.cmdline.clone(),
         mem: args.mem,
         cpus: args.cpus,
-        serial: serial_out(&args.serial),
-        hide_cpuid: args.hide_cpuid,
+        serial,
+        hide_cpuid: args.hide_cpuid.clone(),
         linux64: args.linux64,
         devices: &args.devices,
-    })?;
+    };
+    let key = match (&args.snapshot_out, &args.restore) {
+        (None, None) => 0,
+        _ => identity_key(&spec)?,
+    };
+    let restore = match &args.restore {
+        Some(path) => {
+            let snap = Snapshot::open(path).map_err(|e| one_line(&e))?;
+            snap.check_identity(key, args.mem, args.cpus)
+                .map_err(|e| one_line(&e))?;
+            Some(snap)
+        }
+        None => None,
+    };
+    let mut vm = prepare(spec, restore)?;
+    if let Some(out) = &args.snapshot_out {
+        vm.machine.snapshot_on_request(out.clone(), key);
+        watch_for_snapshot(vm.machine.exit_signal(), seen, snapshot_after);
+    }
     // The vsock host (and its socket) lives until the VM has stopped.
     let _vsock = vm.vsock;
     if args.serial == "stdio" {
         forward_stdin(vm.machine.serial_input());
     }
-    vm.machine.run(vm.state, timeout).map_err(|e| one_line(&e))
+    PreparedVm::run(vm.machine, vm.start, timeout).map_err(|e| one_line(&e))
+}
+
+/// Requests the snapshot when the console line was seen or the delay
+/// passed, whichever comes first.
+fn watch_for_snapshot(
+    exit: std::sync::Arc<krypton_devices::exit::ExitSignal>,
+    seen: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    after: Option<Duration>,
+) {
+    let start = std::time::Instant::now();
+    let spawned = std::thread::Builder::new()
+        .name("snapshot-watch".into())
+        .spawn(move || {
+            loop {
+                let now_seen = seen
+                    .as_ref()
+                    .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
+                if now_seen || after.is_some_and(|a| start.elapsed() >= a) {
+                    exit.request(krypton_devices::exit::GuestExit::HostSnapshot);
+                    return;
+                }
+                if exit.get().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("no snapshot will be taken: cannot start its thread: {e}");
+    }
 }
 
 /// Feeds this process's stdin to COM1 on a detached thread (a blocking

@@ -5,6 +5,8 @@ mod boot;
 mod console;
 mod devices;
 mod run;
+mod snapshot;
+mod template;
 
 use std::process::ExitCode;
 
@@ -46,6 +48,9 @@ enum Command {
     Run(run::RunArgs),
     /// Run the conformance guests against this host's hypervisor.
     Selftest(SelftestArgs),
+    /// Manage the VM templates `krypton run` starts containers from.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCmd),
 }
 
 #[derive(clap::Args, Debug)]
@@ -130,6 +135,7 @@ pub fn main() -> ExitCode {
         Command::Boot(args) => boot::run(args),
         Command::Run(args) => run::run(args),
         Command::Selftest(args) => selftest(args),
+        Command::Snapshot(cmd) => snapshot::run(cmd),
     }
 }
 

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use krypton_devices::exit::GuestExit;
 use krypton_protocol::{AGENT_VSOCK_PORT, Limits};
 
-use super::boot::{VmSpec, parse_timeout, prepare};
+use super::boot::{PreparedVm, VmSpec, parse_timeout, prepare};
 use super::console::ConsoleTail;
 use super::devices::{DeviceArgs, DiskArg};
+use super::template::template_for;
 use super::{fail, one_line, status};
 use crate::machine::{MachineError, Outcome, SerialOut};
 use crate::run::{RunOptions, Timeline, run_command};
@@ -83,6 +84,10 @@ pub struct RunArgs {
     /// /init, agent ready, exec, exit) on stderr at the end.
     #[arg(long)]
     pub timings: bool,
+    /// Boot the VM from scratch instead of starting it from the template
+    /// snapshot (which is made on first use, in $KRYPTON_CACHE/snapshots).
+    #[arg(long)]
+    pub no_snapshot: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<String>,
@@ -234,18 +239,27 @@ fn run_inner(args: RunArgs) -> Result<u8, String> {
         cmdline.push(' ');
         cmdline.push_str(extra);
     }
-    let vm = prepare(VmSpec {
+    let spec = |serial: SerialOut| VmSpec {
         kernel: &kernel,
         initrd: Some(&initrd),
-        cmdline: Some(cmdline),
+        cmdline: Some(cmdline.clone()),
         mem: vm_mem,
         cpus: args.cpus,
-        serial: SerialOut::Writer(Box::new(console.clone())),
-        hide_cpuid,
+        serial,
+        hide_cpuid: hide_cpuid.clone(),
         linux64: false,
         devices: &devices,
-    })?;
-    timeline.mark("vm built");
+    };
+    let template = if args.no_snapshot {
+        None
+    } else {
+        let t = template_for(&spec, host.boot_timeout, args.console)?;
+        timeline.mark("template ready");
+        t
+    };
+    let restored = template.is_some();
+    let vm = prepare(spec(SerialOut::Writer(Box::new(console.clone()))), template)?;
+    timeline.mark(if restored { "vm restored" } else { "vm built" });
     let opts = RunOptions {
         argv: args.command,
         env: args.env,
@@ -262,18 +276,23 @@ fn run_inner(args: RunArgs) -> Result<u8, String> {
         },
         timeout,
         timeline: Some(timeline.clone()),
+        restored,
     };
 
     let exit = vm.machine.exit_signal();
     let (done_tx, done_rx) = mpsc::channel();
     let machine = vm.machine;
-    let state = vm.state;
+    let start = vm.start;
     let vm_timeline = timeline.clone();
     let vm_thread = std::thread::Builder::new()
         .name("vm".into())
         .spawn(move || {
-            vm_timeline.mark("kernel entry");
-            let r = machine.run(state, None);
+            vm_timeline.mark(if restored {
+                "vcpus resumed"
+            } else {
+                "kernel entry"
+            });
+            let r = PreparedVm::run(machine, start, None);
             let _ = done_tx.send(());
             r
         })

@@ -57,6 +57,9 @@ pub struct RunOptions {
     pub timeout: Option<Duration>,
     /// Where to record "agent ready", "exec started" and "exit status".
     pub timeline: Option<Timeline>,
+    /// The VM was restored from a shared snapshot: before the exec, the
+    /// agent gets fresh entropy and the time (`Message::Restored`).
+    pub restored: bool,
 }
 
 /// Why a run failed before the command's exit status was known.

@@ -141,6 +141,14 @@ where
             if let Some(t) = &opts.timeline {
                 t.mark("agent ready");
             }
+            if opts.restored {
+                if caps & krypton_protocol::caps::RESTORE == 0 {
+                    return Err(RunError::Handshake(
+                        "the agent cannot reseed its RNG after a snapshot restore".into(),
+                    ));
+                }
+                write_message_async(&mut wr, &restored_message()?).await?;
+            }
         }
         Message::Hello { version, .. } => {
             return Err(RunError::Handshake(format!(
@@ -357,4 +365,18 @@ where
             }
         }
     }
+}
+
+/// Fresh host entropy and the host's clock for a restored VM.
+fn restored_message() -> Result<Message, RunError> {
+    let mut entropy = vec![0u8; 64];
+    getrandom::fill(&mut entropy)
+        .map_err(|e| RunError::Handshake(format!("no host entropy for the restored VM: {e}")))?;
+    let unix_time_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    Ok(Message::Restored {
+        entropy,
+        unix_time_ns,
+    })
 }
