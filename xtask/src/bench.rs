@@ -44,7 +44,7 @@ fn workspace_root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
-fn krypton_binary(args: &BenchArgs) -> Result<PathBuf> {
+pub fn krypton_binary(args: &BenchArgs) -> Result<PathBuf> {
     if let Some(p) = &args.krypton {
         return Ok(p.clone());
     }

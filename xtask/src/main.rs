@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_agent;
+mod bench_snapshot;
 mod cache;
 mod cpio;
 mod fuzz;
@@ -40,7 +41,8 @@ enum Task {
 /// Every benchmark, each against its peer or floor measured in the same
 /// run: the VMM against QEMU microvm, virtio-blk against raw pread,
 /// vsock against raw Unix sockets, the agent's exec round trip against
-/// a local fork+exec.
+/// a local fork+exec, a container start from the template snapshot against
+/// a cold boot.
 fn bench_all(args: &bench::BenchArgs) -> Result<()> {
     bench::run(args)?;
     for example in ["blk_bench", "vsock_bench"] {
@@ -60,7 +62,12 @@ fn bench_all(args: &bench::BenchArgs) -> Result<()> {
         )?;
     }
     eprintln!("\n== agent exec round trip ==");
-    bench_agent::run()
+    bench_agent::run()?;
+    eprintln!("\n== container start from the template snapshot ==");
+    let krypton = bench::krypton_binary(args)?;
+    // The VM size `krypton run` picks: 256 MiB on kvm_pvm hosts, else 512.
+    let mem = if setup::host_is_pvm() { 256.0 } else { 512.0 };
+    bench_snapshot::run(&krypton, mem)
 }
 
 fn main() -> Result<()> {

@@ -262,9 +262,11 @@ pub fn guest_panic_gives_120() -> Result<()> {
         .chardev("dev/console", 5, 1)
         .file("init", 0o755, &support::exiting_init());
     std::fs::write(&initrd, c.finish())?;
+    // Cold: no template can be made from a guest whose /init exits.
     let o = run(
         &[
             "run",
+            "--no-snapshot",
             "--initrd",
             initrd.to_str().context("utf8")?,
             "--",
@@ -313,6 +315,7 @@ pub fn agent_death_gives_125() -> Result<()> {
     let o = run(
         &[
             "run",
+            "--no-snapshot",
             "--console",
             "--initrd",
             initrd.to_str().context("utf8")?,
@@ -333,6 +336,64 @@ pub fn agent_death_gives_125() -> Result<()> {
     ensure!(
         errors.len() == 1 && errors[0].contains("agent closed the connection"),
         "want one clear error line: {err}"
+    );
+    Ok(())
+}
+
+/// What `fresh_probe` prints: 32 random bytes in hex, then the guest's
+/// wall clock in seconds.
+const FRESH_PROBE: &str = "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; date +%s";
+
+fn fresh_probe(extra: &[&str]) -> Result<(String, u64, String)> {
+    let mut args = vec!["run", "--timings"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "sh", "-c", FRESH_PROBE]);
+    let o = run(&args, None, &[])?;
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    ensure!(o.status.success(), "status {:?}: {err}", o.status);
+    let mut lines = out.lines();
+    let random = lines.next().unwrap_or("").trim().to_string();
+    ensure!(random.len() == 64, "random bytes: {out:?}");
+    let secs: u64 = lines
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .with_context(|| format!("no date in {out:?}"))?;
+    Ok((random, secs, err))
+}
+
+fn host_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Two containers started from the one template read different random
+/// bytes and see the current time (the agent reseeds and sets the clock
+/// after each restore); a cold boot (`--no-snapshot`) gives the same
+/// behaviour through the full boot path.
+pub fn restores_are_fresh_and_cold_boot_works() -> Result<()> {
+    let mut seen = Vec::new();
+    for extra in [&[][..], &[][..], &["--no-snapshot"][..]] {
+        let (random, secs, err) = fresh_probe(extra)?;
+        let now = host_secs();
+        ensure!(
+            secs + 10 >= now && secs <= now + 1,
+            "guest clock {secs} vs host {now} ({extra:?})"
+        );
+        let restored = err.contains("vm restored");
+        let cold = extra.contains(&"--no-snapshot");
+        ensure!(
+            restored != cold,
+            "--timings should show a restore for warm runs only ({extra:?}): {err}"
+        );
+        if cold {
+            ensure!(err.contains("/init started"), "cold boot timings: {err}");
+        }
+        seen.push(random);
+    }
+    ensure!(
+        seen[0] != seen[1] && seen[0] != seen[2] && seen[1] != seen[2],
+        "random bytes repeat across VMs: {seen:?}"
     );
     Ok(())
 }

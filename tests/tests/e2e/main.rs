@@ -3,8 +3,11 @@
 //! sees them: exit statuses, stdio, TTY, limits, signals, timeouts, the
 //! overlay, a guest panic and a dying agent.
 //!
-//! Every case boots one VM; on kvm_pvm hosts that is about a minute each
-//! (the guest kernel is emulated), so each case checks as much as it can.
+//! Cases start their VMs from `krypton run`'s template snapshot, made by
+//! whichever case comes first (the others wait for it); the panic, dead
+//! agent and fresh-restore cases also boot cold. On kvm_pvm hosts a boot is
+//! about a minute (the guest kernel is emulated), so each case checks as
+//! much as it can.
 //! Own harness (libtest-mimic): a case that cannot run here is reported as
 //! ignored with the reason, never as passed.
 
@@ -41,6 +44,10 @@ const CASES: &[(&str, Case)] = &[
     ("not_executable_gives_126", cases::not_executable_gives_126),
     ("guest_panic_gives_120", cases::guest_panic_gives_120),
     ("agent_death_gives_125", cases::agent_death_gives_125),
+    (
+        "restores_are_fresh_and_cold_boot_works",
+        cases::restores_are_fresh_and_cold_boot_works,
+    ),
 ];
 
 fn main() {

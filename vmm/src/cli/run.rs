@@ -258,6 +258,7 @@ fn run_inner(args: RunArgs) -> Result<u8, String> {
         t
     };
     let restored = template.is_some();
+    let template_path = template.as_ref().map(|t| t.path.clone());
     let vm = prepare(spec(SerialOut::Writer(Box::new(console.clone()))), template)?;
     timeline.mark(if restored { "vm restored" } else { "vm built" });
     let opts = RunOptions {
@@ -341,6 +342,10 @@ fn run_inner(args: RunArgs) -> Result<u8, String> {
             Err(e) => Err(e),
         }
     });
+    // Sampled while the VM still exists: what this VM added to the template.
+    let ram = template_path
+        .as_deref()
+        .and_then(crate::snapshot::rss::ram_usage);
     exit.request(GuestExit::HostStop);
     let outcome = vm_thread
         .join()
@@ -348,6 +353,14 @@ fn run_inner(args: RunArgs) -> Result<u8, String> {
     timeline.mark("vm stopped");
     if args.timings {
         eprint!("{}", timeline.report());
+        if let Some(r) = ram {
+            eprintln!(
+                "guest RAM ({vm_mem} MiB, restored): {:.1} MiB resident, {:.1} MiB private copies, {:.1} MiB shared with the template",
+                r.rss_kib as f64 / 1024.0,
+                r.private_kib as f64 / 1024.0,
+                r.shared_kib() as f64 / 1024.0
+            );
+        }
     }
     finish(result, outcome, &console)
 }

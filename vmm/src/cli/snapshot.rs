@@ -63,10 +63,56 @@ fn hash_mtime(h: &mut DefaultHasher, m: &std::fs::Metadata) {
 }
 
 fn hash_file(h: &mut DefaultHasher, p: &Path) -> Result<(), String> {
-    let bytes = std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-    h.write_usize(bytes.len());
-    h.write(&bytes);
+    let m = std::fs::metadata(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    h.write_u64(content_hash(p, &m)?);
     Ok(())
+}
+
+/// The file's content hash, remembered per (device, inode, size, mtime) in
+/// `snapshots/hashes` so a start does not read a 20 MB kernel every time.
+fn content_hash(p: &Path, m: &std::fs::Metadata) -> Result<u64, String> {
+    let memo = file_stamp(m).and_then(|s| Some(template_dir()?.join("hashes").join(s)));
+    if let Some(v) = memo
+        .as_ref()
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .and_then(|t| u64::from_str_radix(t.trim(), 16).ok())
+    {
+        return Ok(v);
+    }
+    let bytes = std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    let mut c = DefaultHasher::new();
+    c.write_usize(bytes.len());
+    c.write(&bytes);
+    let v = c.finish();
+    if let Some(f) = memo
+        && let Some(dir) = f.parent()
+        && std::fs::create_dir_all(dir).is_ok()
+    {
+        let tmp = f.with_extension(format!("tmp.{}", std::process::id()));
+        if std::fs::write(&tmp, format!("{v:016x}\n")).is_ok() && std::fs::rename(&tmp, &f).is_err()
+        {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    Ok(v)
+}
+
+#[cfg(unix)]
+fn file_stamp(m: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    Some(format!(
+        "{:x}-{:x}-{:x}-{:x}.{:x}",
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec()
+    ))
+}
+
+#[cfg(not(unix))]
+fn file_stamp(_: &std::fs::Metadata) -> Option<String> {
+    None
 }
 
 /// A disk is identified by size, mtime and its first 4 KiB (partition

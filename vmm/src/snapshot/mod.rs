@@ -17,6 +17,7 @@
 
 pub mod codec;
 mod memory;
+pub mod rss;
 pub mod state;
 
 use std::fs::File;
