@@ -8,6 +8,7 @@
 //! (InterruptStatus bits plus the IOAPIC line).
 
 pub mod blk;
+pub mod fs;
 pub mod mmio;
 pub mod rng;
 #[doc(hidden)]
