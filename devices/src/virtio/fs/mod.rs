@@ -6,6 +6,8 @@
 
 pub mod abi;
 pub mod filesystem;
+#[cfg(target_os = "linux")]
+pub mod passthrough;
 pub mod request;
 pub mod server;
 
