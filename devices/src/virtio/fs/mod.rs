@@ -14,6 +14,8 @@
 
 pub mod abi;
 pub mod filesystem;
+#[doc(hidden)]
+pub mod fuzz;
 #[cfg(target_os = "linux")]
 pub mod passthrough;
 pub mod request;
