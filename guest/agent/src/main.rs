@@ -40,7 +40,8 @@ impl Agent {
             c |= caps::CGROUPS;
         }
         if self.pid1 {
-            c |= caps::SHUTDOWN;
+            // In the utility VM: virtio-fs shares can be mounted.
+            c |= caps::SHUTDOWN | caps::MOUNTS;
         }
         c
     }
