@@ -338,18 +338,16 @@ impl Server {
             }
             if plus {
                 let dots = d.name == b"." || d.name == b"..";
+                // A name that cannot be looked up (gone since it was
+                // listed, node table full) is still listed, as by READDIR.
                 let entry = if dots {
                     None
                 } else {
-                    match self.fs.lookup(ctx, node, &d.name) {
-                        Ok(e) => Some(e),
-                        // Gone since it was listed: skip it.
-                        Err(_) => continue,
-                    }
+                    self.fs.lookup(ctx, node, &d.name).ok()
                 };
                 match entry {
                     Some(e) => write_entry(&mut w, &e),
-                    // Node 0: the guest does not instantiate "." and "..".
+                    // Node 0: the guest lists the name without a node.
                     None => {
                         w.bytes(&[0u8; abi::ENTRY_OUT_LEN]);
                     }

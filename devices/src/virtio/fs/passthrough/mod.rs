@@ -14,8 +14,9 @@
 //!
 //! `read_only` is enforced here: every mutating operation gets EROFS.
 //! The node and handle tables are bounded ([`MAX_INODES`] → ENFILE,
-//! [`MAX_HANDLES`] → EMFILE). New nodes get the caller's uid and gid when
-//! the VMM runs as root (the gid of a setgid parent is kept).
+//! [`MAX_HANDLES`] → EMFILE, lowered to fit the process's fd limit). New
+//! nodes get the caller's uid and gid when the VMM runs as root (the gid of
+//! a setgid parent is kept).
 //!
 //! Limits of the model: a host process that moves a directory out of the
 //! share while the guest holds it lets the guest follow it; a guest running
@@ -41,6 +42,8 @@ use super::filesystem::{Attr, Entry, Errno, FsResult, Handle, Inode, errno};
 pub const MAX_INODES: usize = 1 << 16;
 /// Default bound of the open-handle table.
 pub const MAX_HANDLES: usize = 1024;
+/// File descriptors kept free for the rest of the VMM.
+pub const FD_RESERVE: usize = 256;
 /// Default attribute and entry cache time given to the guest.
 pub const TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -174,8 +177,22 @@ fn plain_name(name: &[u8]) -> FsResult<CString> {
 }
 
 impl Passthrough {
-    /// Shares the directory `path`.
-    pub fn new(path: &Path, cfg: Config) -> Result<Passthrough, PassthroughError> {
+    /// Shares the directory `path`. Raises the process's soft fd limit to
+    /// the hard one, and lowers `cfg`'s table bounds to fit what it allows
+    /// (less [`FD_RESERVE`]), so a guest cannot take every fd of the VMM.
+    pub fn new(path: &Path, mut cfg: Config) -> Result<Passthrough, PassthroughError> {
+        let fds = usize::try_from(sys::raise_nofile_limit()).unwrap_or(usize::MAX);
+        let budget = fds.saturating_sub(FD_RESERVE).max(64);
+        if cfg.max_inodes.saturating_add(cfg.max_handles) > budget {
+            cfg.max_handles = cfg.max_handles.min(budget / 4);
+            cfg.max_inodes = cfg.max_inodes.min(budget - cfg.max_handles);
+            log::warn!(
+                "virtio-fs {}: fd limit {fds}: at most {} nodes and {} open files (raise ulimit -n for more)",
+                path.display(),
+                cfg.max_inodes,
+                cfg.max_handles
+            );
+        }
         use std::os::unix::fs::OpenOptionsExt;
         let open = |p: &Path, flags| {
             std::fs::OpenOptions::new()

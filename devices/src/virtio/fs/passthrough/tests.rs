@@ -300,3 +300,87 @@ fn read_only_share_refuses_every_write() {
         .collect();
     assert_eq!(names.len(), 2, "nothing created: {names:?}");
 }
+
+#[test]
+fn ownership_times_and_rename_flags() {
+    let s = Scratch::new();
+    let fs = backend(&s, Config::default());
+    let user = Context {
+        uid: 1234,
+        gid: 567,
+        pid: 1,
+    };
+    // New nodes belong to the caller (the VMM runs as root here).
+    let (f, fh, _) = fs
+        .create(user, ROOT, b"mine", 0o644, libc::O_RDWR as u32, 0)
+        .expect("create");
+    assert_eq!((f.attr.uid, f.attr.gid), (1234, 567));
+    let d = fs.mkdir(user, ROOT, b"sgid", 0o775, 0).expect("mkdir");
+    assert_eq!((d.attr.uid, d.attr.gid), (1234, 567));
+    let setgid = SetAttr {
+        mode: Some(0o2775),
+        ..SetAttr::default()
+    };
+    fs.setattr(user, d.inode, &setgid).expect("chmod g+s");
+    let other = Context {
+        uid: 99,
+        gid: 98,
+        pid: 1,
+    };
+    let inner = fs.mkdir(other, d.inode, b"in", 0o755, 0).expect("mkdir");
+    assert_eq!(
+        (inner.attr.uid, inner.attr.gid),
+        (99, 567),
+        "setgid parent's gid"
+    );
+    let meta = std::fs::metadata(s.share().join("mine")).expect("meta");
+    assert_eq!((meta.uid(), meta.gid()), (1234, 567));
+    // chown and utimes, on a file and on a symlink itself.
+    let set = SetAttr {
+        uid: Some(42),
+        gid: Some(43),
+        atime: Some(SetTime::At(5, 0)),
+        mtime: Some(SetTime::At(7, 9)),
+        ..SetAttr::default()
+    };
+    let (a, _) = fs.setattr(CTX, f.inode, &set).expect("setattr");
+    assert_eq!(
+        (a.uid, a.gid, a.atime, a.mtime, a.mtime_nsec),
+        (42, 43, 5, 7, 9)
+    );
+    let l = fs.symlink(CTX, ROOT, b"l", b"mine").expect("symlink");
+    let (a, _) = fs.setattr(CTX, l.inode, &set).expect("setattr link");
+    assert_eq!((a.uid, a.mtime), (42, 7));
+    let link_meta = std::fs::symlink_metadata(s.share().join("l")).expect("meta");
+    assert_eq!((link_meta.uid(), link_meta.mtime()), (42, 7));
+    let target = std::fs::metadata(s.share().join("mine")).expect("meta");
+    assert_eq!(target.mtime(), 7, "the file kept its own time");
+    // fallocate and SEEK_DATA / SEEK_END.
+    fs.fallocate(CTX, f.inode, fh, 0, 0, 8192)
+        .expect("fallocate");
+    assert_eq!(fs.getattr(CTX, f.inode, None).expect("attr").0.size, 8192);
+    assert_eq!(
+        fs.lseek(CTX, f.inode, fh, 0, libc::SEEK_END as u32),
+        Ok(8192)
+    );
+    fs.write(CTX, f.inode, fh, 0, b"data").expect("write");
+    assert_eq!(fs.lseek(CTX, f.inode, fh, 0, 3), Ok(0), "SEEK_DATA");
+    let hole = fs.lseek(CTX, f.inode, fh, 0, 4).expect("SEEK_HOLE");
+    assert!((4..=8192).contains(&hole), "hole at {hole}");
+    // RENAME_NOREPLACE and RENAME_EXCHANGE.
+    std::fs::write(s.share().join("x"), b"x").expect("x");
+    std::fs::write(s.share().join("y"), b"y").expect("y");
+    assert_eq!(
+        fs.rename(CTX, ROOT, b"x", ROOT, b"y", libc::RENAME_NOREPLACE),
+        Err(Errno(libc::EEXIST))
+    );
+    fs.rename(CTX, ROOT, b"x", ROOT, b"y", libc::RENAME_EXCHANGE)
+        .expect("exchange");
+    assert_eq!(std::fs::read(s.share().join("y")).expect("y"), b"x");
+    assert_eq!(std::fs::read(s.share().join("x")).expect("x"), b"y");
+    assert_eq!(
+        fs.rename(CTX, ROOT, b"x", ROOT, b"y", 1 << 7),
+        Err(errno::EINVAL),
+        "unknown rename flags"
+    );
+}

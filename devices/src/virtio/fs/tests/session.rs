@@ -199,3 +199,20 @@ fn dot_dot_at_the_root_goes_nowhere() {
     assert_ne!(h.err(opcode::LOOKUP, l, &name("etc")), 0);
     assert_ne!(h.err(opcode::OPENDIR, l, &[0u8; 8]), 0);
 }
+
+#[test]
+fn readdirplus_lists_every_name_when_the_node_table_is_full() {
+    let mut h = Harness::ready(Config {
+        max_inodes: 3,
+        ..Config::default()
+    });
+    for i in 0..5 {
+        std::fs::write(h.dir.0.join(format!("f{i}")), b"x").expect("file");
+    }
+    let dh = u64_at(&h.ok(opcode::OPENDIR, ROOT, &[0u8; 8]), 0);
+    let out = h.ok(opcode::READDIRPLUS, ROOT, &io_body(dh, 0, 64 * 1024));
+    let ents = dirents(&out, true);
+    assert_eq!(ents.len(), 7, "., .. and 5 files");
+    let with_node = ents.iter().filter(|e| e.0 != 0).count();
+    assert_eq!(with_node, 2, "only as many nodes as the table holds");
+}
