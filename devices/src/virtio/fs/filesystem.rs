@@ -9,8 +9,9 @@ pub type Inode = u64;
 /// An open file or directory handle the guest holds.
 pub type Handle = u64;
 
-/// A Linux errno value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A Linux errno value: the error of every backend operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("errno {0}")]
 pub struct Errno(pub i32);
 
 /// Linux errno values the server and backends use (the same numbers on
@@ -39,12 +40,6 @@ pub mod errno {
     pub const EPROTO: Errno = Errno(71);
     pub const EOVERFLOW: Errno = Errno(75);
     pub const EOPNOTSUPP: Errno = Errno(95);
-}
-
-impl std::fmt::Display for Errno {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "errno {}", self.0)
-    }
 }
 
 /// Result of a backend operation.
