@@ -216,3 +216,77 @@ fn readdirplus_lists_every_name_when_the_node_table_is_full() {
     let with_node = ents.iter().filter(|e| e.0 != 0).count();
     assert_eq!(with_node, 2, "only as many nodes as the table holds");
 }
+
+#[test]
+fn requests_and_replies_split_over_descriptors_and_indirect_tables() {
+    use crate::virtio::testing::{F_INDIRECT, F_NEXT};
+    let mut h = Harness::ready(Config::default());
+    let out = h.ok(
+        opcode::CREATE,
+        ROOT,
+        &create_body("sg", libc::O_RDWR as u32),
+    );
+    let (node, fh) = (u64_at(&out, 0), u64_at(&out, abi::ENTRY_OUT_LEN));
+    // WRITE as Linux sends it: header + fuse_write_in, then one descriptor
+    // per page; the reply header and fuse_write_out in two descriptors.
+    let data: Vec<u8> = (0..3 * 4096 + 100).map(|i| (i % 253) as u8).collect();
+    let mut body = io_body(fh, 0, data.len() as u32);
+    body.extend_from_slice(&data);
+    let req = h.request(opcode::WRITE, node, &body);
+    let hdr_len = (req.len() - data.len()) as u32;
+    h.mem
+        .write_slice(&req[..hdr_len as usize], GuestAddress(IN))
+        .expect("hdr");
+    let pages = [0x60_0000u64, 0x50_0000, 0x70_0000, 0x58_0000];
+    for (i, chunk) in data.chunks(4096).enumerate() {
+        h.mem
+            .write_slice(chunk, GuestAddress(pages[i]))
+            .expect("page");
+    }
+    let mut descs = vec![(IN, hdr_len, 0)];
+    for (i, chunk) in data.chunks(4096).enumerate() {
+        descs.push((pages[i], chunk.len() as u32, 0));
+    }
+    descs.push((OUT, 16, F_WRITE));
+    descs.push((OUT + 0x1000, 8, F_WRITE));
+    h.req.add_chain(&h.mem, &descs);
+    h.d.notify(1);
+    assert_eq!(h.req.wait_used(&h.mem).map(|u| u.1), Some(24));
+    assert_eq!(std::fs::read(h.dir.0.join("sg")).expect("host"), data);
+    let mut size = [0u8; 4];
+    h.mem
+        .read_slice(&mut size, GuestAddress(OUT + 0x1000))
+        .expect("write_out");
+    assert_eq!(u32::from_le_bytes(size), data.len() as u32);
+    // READ through an indirect table, the data landing in two buffers.
+    let req = h.request(opcode::READ, node, &io_body(fh, 0, data.len() as u32));
+    h.mem.write_slice(&req, GuestAddress(IN)).expect("req");
+    let table = 0x3f_0000u64;
+    let entries: [(u64, u32, u16); 4] = [
+        (IN, req.len() as u32, F_NEXT),
+        (OUT, 16, F_WRITE | F_NEXT),
+        (0x60_0000, 5000, F_WRITE | F_NEXT),
+        (0x70_0000, 0x2000, F_WRITE),
+    ];
+    for (i, &(addr, len, flags)) in entries.iter().enumerate() {
+        let a = table + 16 * i as u64;
+        h.mem.write_obj(addr, GuestAddress(a)).expect("addr");
+        h.mem.write_obj(len, GuestAddress(a + 8)).expect("len");
+        h.mem.write_obj(flags, GuestAddress(a + 12)).expect("flags");
+        h.mem
+            .write_obj(i as u16 + 1, GuestAddress(a + 14))
+            .expect("next");
+    }
+    h.req.add_chain(&h.mem, &[(table, 64, F_INDIRECT)]);
+    h.d.notify(1);
+    let used = h.req.wait_used(&h.mem).map(|u| u.1);
+    assert_eq!(used, Some(16 + data.len() as u32));
+    let mut got = vec![0u8; data.len()];
+    h.mem
+        .read_slice(&mut got[..5000], GuestAddress(0x60_0000))
+        .expect("a");
+    h.mem
+        .read_slice(&mut got[5000..], GuestAddress(0x70_0000))
+        .expect("b");
+    assert_eq!(got, data);
+}
