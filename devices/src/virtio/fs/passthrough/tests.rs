@@ -384,3 +384,22 @@ fn ownership_times_and_rename_flags() {
         "unknown rename flags"
     );
 }
+
+#[test]
+fn share_must_be_an_existing_directory() {
+    let s = Scratch::new();
+    let missing = s.0.join("missing");
+    assert!(matches!(
+        Passthrough::new(&missing, Config::default()),
+        Err(PassthroughError::Open { .. })
+    ));
+    let file = s.outside().join("secret");
+    assert!(
+        Passthrough::new(&file, Config::default()).is_err(),
+        "a file"
+    );
+    // A symlink to a directory is followed once, by the host's own choice.
+    std::os::unix::fs::symlink(s.share(), s.0.join("link")).expect("link");
+    let fs = Passthrough::new(&s.0.join("link"), Config::default()).expect("via link");
+    assert_eq!(fs.node_count(), 1);
+}
