@@ -378,3 +378,64 @@ async fn cpu_quota_lands_in_the_containers_own_cgroup() {
         o.out()
     );
 }
+
+/// The agent mounts an Exec's virtio-fs shares in the container after its
+/// root is built. No virtio-fs device exists on this host, so the mount
+/// itself must fail, naming the share, as a runtime failure (125).
+#[test]
+fn exec_mounts_reach_the_container_setup() {
+    require_agent_host!();
+    let dir = TempDir::new("agent-shares");
+    let img = match busybox_image(&dir.0) {
+        Ok(i) => i,
+        Err(why) => {
+            eprintln!("SKIP: {why}");
+            return;
+        }
+    };
+    let agent = Agent::start();
+    let mut s = std::os::unix::net::UnixStream::connect(&agent.socket).expect("connect");
+    let Message::Hello { caps: c, .. } = read_message(&mut s).expect("hello") else {
+        panic!("no hello")
+    };
+    assert_eq!(
+        c & caps::MOUNTS,
+        0,
+        "a host-mode agent does not offer shares"
+    );
+    write_message(
+        &mut s,
+        &Message::Hello {
+            version: PROTOCOL_VERSION,
+            caps: 0,
+        },
+    )
+    .expect("hello");
+    let exec = krypton_protocol::ExecRequest {
+        id: 5,
+        argv: vec!["true".into()],
+        rootfs: img.to_string_lossy().into_owned(),
+        mounts: vec![krypton_protocol::Mount {
+            tag: "krypton-nosuch".into(),
+            target: "/data/in".into(),
+            read_only: true,
+        }],
+        ..Default::default()
+    };
+    write_message(&mut s, &Message::Exec(exec)).expect("exec");
+    write_message(&mut s, &Message::StdinEof { id: 5 }).expect("eof");
+    loop {
+        match read_message(&mut s).expect("answer") {
+            Message::ExecError { id, code, message } => {
+                assert_eq!((id, code), (5, 125));
+                assert!(
+                    message.contains("virtio-fs share krypton-nosuch at /data/in"),
+                    "{message}"
+                );
+                break;
+            }
+            Message::Started { .. } => panic!("started although the share cannot be mounted"),
+            _ => {}
+        }
+    }
+}

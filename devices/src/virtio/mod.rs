@@ -8,12 +8,15 @@
 //! (InterruptStatus bits plus the IOAPIC line).
 
 pub mod blk;
+pub mod fs;
 pub mod mmio;
 pub mod rng;
 #[doc(hidden)]
 pub mod testing;
 pub mod vsock;
 pub mod worker;
+
+pub use fs::VirtioFs;
 
 use std::sync::Arc;
 
@@ -74,7 +77,7 @@ pub enum ActivateError {
 
 /// A virtio device behind the transport. Small and transport-only.
 pub trait VirtioDevice: Send {
-    /// Virtio device ID (2 = block, 4 = entropy, 19 = vsock).
+    /// Virtio device ID (2 = block, 4 = entropy, 19 = vsock, 26 = filesystem).
     fn device_type(&self) -> u32;
     /// Maximum size of each queue; the length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];

@@ -123,6 +123,7 @@ fn setup(req: &ExecRequest) -> Result<()> {
     } else {
         crate::rootfs::enter(&req.rootfs)?;
     }
+    crate::rootfs::mount_shares(&req.mounts)?;
     Ok(())
 }
 

@@ -41,7 +41,8 @@ impl Agent {
             c |= caps::CGROUPS;
         }
         if self.pid1 {
-            c |= caps::SHUTDOWN | caps::RESTORE;
+            // In the utility VM: virtio-fs shares can be mounted.
+            c |= caps::SHUTDOWN | caps::RESTORE | caps::MOUNTS;
         }
         c
     }

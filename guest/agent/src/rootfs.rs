@@ -7,7 +7,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, symlink};
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
+use krypton_protocol::Mount;
 
 use crate::sys::{check, mount, umount2};
 
@@ -136,6 +137,25 @@ pub fn enter(rootfs: &str) -> Result<()> {
     mount("overlay", &root, "overlay", 0, &opts)?;
     populate(&root)?;
     pivot(&root)
+}
+
+/// Mounts each virtio-fs share at its target in the current root (the
+/// container's, after [`enter`]); read-only shares get MS_RDONLY on top of
+/// the host's own enforcement.
+pub fn mount_shares(mounts: &[Mount]) -> Result<()> {
+    for m in mounts {
+        m.check()
+            .map_err(|e| anyhow!("share {} at {}: {e}", m.tag, m.target))?;
+        let target = Path::new(&m.target);
+        mkdir(target)?;
+        let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+        if m.read_only {
+            flags |= libc::MS_RDONLY;
+        }
+        mount(&m.tag, target, "virtiofs", flags, "")
+            .with_context(|| format!("virtio-fs share {} at {}", m.tag, m.target))?;
+    }
+    Ok(())
 }
 
 /// Mounts /proc, /dev, /sys and /tmp inside `root`.

@@ -2,7 +2,7 @@
 
 use crate::{
     ExecRequest, ExitStatus, Limits, MAX_ARGS, MAX_CHUNK, MAX_ENTROPY, MAX_ENV, MAX_FRAME,
-    MAX_STRING, Message, ProtocolError, Stream,
+    MAX_MOUNTS, MAX_STRING, Message, Mount, ProtocolError, Stream,
 };
 
 const T_HELLO: u8 = 0x01;
@@ -98,6 +98,17 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, ProtocolError> {
             let (q, p) = e.limits.cpu.unwrap_or((0, 0));
             w.u32(q);
             w.u32(p);
+            if e.mounts.len() > MAX_MOUNTS {
+                return Err(ProtocolError::TooLarge);
+            }
+            // Bounded by MAX_MOUNTS above.
+            w.u32(e.mounts.len() as u32);
+            for m in &e.mounts {
+                m.check()?;
+                w.str(&m.tag)?;
+                w.str(&m.target)?;
+                w.u8(u8::from(m.read_only));
+            }
         }
         Message::Stdin { id, data } => {
             w.u8(T_STDIN);
@@ -321,6 +332,32 @@ pub fn decode(body: &[u8]) -> Result<Message, ProtocolError> {
                 pids: (pids != 0).then_some(pids),
                 cpu: (period != 0).then_some((quota, period)),
             };
+            let count = r.u32("mount count")? as usize;
+            if count > MAX_MOUNTS {
+                return Err(ProtocolError::OutOfBounds {
+                    field: "mount count",
+                    value: count as u64,
+                });
+            }
+            let mut mounts = Vec::with_capacity(count);
+            for _ in 0..count {
+                let m = Mount {
+                    tag: r.str("mount tag")?,
+                    target: r.str("mount target")?,
+                    read_only: match r.u8("mount ro")? {
+                        0 => false,
+                        1 => true,
+                        value => {
+                            return Err(ProtocolError::BadTag {
+                                field: "mount ro",
+                                value,
+                            });
+                        }
+                    },
+                };
+                m.check()?;
+                mounts.push(m);
+            }
             Message::Exec(ExecRequest {
                 id,
                 argv,
@@ -334,6 +371,7 @@ pub fn decode(body: &[u8]) -> Result<Message, ProtocolError> {
                 rootfs,
                 hostname,
                 limits,
+                mounts,
             })
         }
         T_STDIN => Message::Stdin {

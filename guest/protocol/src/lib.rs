@@ -32,7 +32,7 @@ pub use codec::{decode, encode};
 pub use io::{FrameReader, read_message, write_message};
 
 /// Protocol version carried in [`Message::Hello`].
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest frame (type byte + payload), in bytes.
 pub const MAX_FRAME: usize = 1 << 20;
 /// Largest data chunk in `Stdin`/`Output` messages.
@@ -45,6 +45,10 @@ pub const MAX_ARGS: usize = 4096;
 pub const MAX_ENV: usize = 4096;
 /// Default vsock port the agent listens on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
+/// Most shared-directory mounts per exec.
+pub const MAX_MOUNTS: usize = 32;
+/// Longest virtio-fs mount tag.
+pub const MAX_TAG: usize = 36;
 
 /// Capability bits exchanged in the hello.
 pub mod caps {
@@ -60,6 +64,8 @@ pub mod caps {
     pub const SHUTDOWN: u64 = 1 << 4;
     /// The agent reseeds the kernel's RNG and sets the clock on `Restored`.
     pub const RESTORE: u64 = 1 << 5;
+    /// virtio-fs shares mounted into containers (`ExecRequest::mounts`).
+    pub const MOUNTS: u64 = 1 << 6;
 }
 
 /// Most entropy bytes in one `Restored`.
@@ -161,6 +167,37 @@ pub struct ExecRequest {
     pub hostname: String,
     /// cgroup limits.
     pub limits: Limits,
+    /// Host directories (virtio-fs shares) mounted into the container.
+    pub mounts: Vec<Mount>,
+}
+
+/// A virtio-fs share mounted into the container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mount {
+    /// The share's virtio-fs tag (1 to [`MAX_TAG`] bytes).
+    pub tag: String,
+    /// Absolute path in the container, without `..` components.
+    pub target: String,
+    /// Mount read-only (the host enforces it too).
+    pub read_only: bool,
+}
+
+impl Mount {
+    /// Checks the tag and the target path.
+    pub fn check(&self) -> Result<(), ProtocolError> {
+        let bad = |field: &'static str, len: usize| ProtocolError::OutOfBounds {
+            field,
+            value: len as u64,
+        };
+        if self.tag.is_empty() || self.tag.len() > MAX_TAG || self.tag.contains('\0') {
+            return Err(bad("mount tag", self.tag.len()));
+        }
+        let t = &self.target;
+        if !t.starts_with('/') || t == "/" || t.contains('\0') || t.split('/').any(|c| c == "..") {
+            return Err(bad("mount target", t.len()));
+        }
+        Ok(())
+    }
 }
 
 /// How a process ended.

@@ -20,6 +20,18 @@ fn sample_exec() -> ExecRequest {
             pids: Some(32),
             cpu: Some((50_000, 100_000)),
         },
+        mounts: vec![
+            Mount {
+                tag: "krypton-v0".into(),
+                target: "/data".into(),
+                read_only: false,
+            },
+            Mount {
+                tag: "t".into(),
+                target: "/a/b c".into(),
+                read_only: true,
+            },
+        ],
     }
 }
 
@@ -232,6 +244,52 @@ fn invalid_strings_rejected() {
         encode(&Message::Exec(ExecRequest::default())).is_err(),
         "empty argv"
     );
+}
+
+#[test]
+fn bad_mounts_rejected() {
+    for (tag, target) in [
+        ("", "/data"),
+        (&"x".repeat(37)[..], "/data"),
+        ("t", "data"),
+        ("t", "/"),
+        ("t", "/a/../etc"),
+        ("t", ""),
+    ] {
+        let exec = ExecRequest {
+            argv: vec!["true".into()],
+            mounts: vec![Mount {
+                tag: tag.into(),
+                target: target.into(),
+                read_only: false,
+            }],
+            ..Default::default()
+        };
+        assert!(encode(&Message::Exec(exec)).is_err(), "{tag:?} {target:?}");
+    }
+    // A hostile frame: too many mounts, a bad read-only byte, a bad target.
+    let ok = ExecRequest {
+        argv: vec!["true".into()],
+        mounts: vec![Mount {
+            tag: "t".into(),
+            target: "/d".into(),
+            read_only: true,
+        }],
+        ..Default::default()
+    };
+    let frame = encode(&Message::Exec(ok.clone())).expect("encode");
+    assert_eq!(decode(&frame[4..]).expect("decode"), Message::Exec(ok));
+    let n = frame.len();
+    let mut bad = frame.clone();
+    bad[n - 1] = 2;
+    assert!(decode(&bad[4..]).is_err(), "ro byte 2");
+    let mut bad = frame.clone();
+    bad[n - 2] = b'.';
+    bad[n - 3] = b'.';
+    assert!(decode(&bad[4..]).is_err(), "relative target ..");
+    let mut bad = frame;
+    bad[n - 16] = 33;
+    assert!(decode(&bad[4..]).is_err(), "33 mounts");
 }
 
 #[test]

@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
+use krypton_devices::virtio::VirtioFs;
 use krypton_devices::virtio::blk::Block;
+use krypton_devices::virtio::fs::TAG_LEN;
 use krypton_devices::virtio::rng::Rng;
 use krypton_devices::virtio::vsock::{Vsock, VsockHost};
 
@@ -25,6 +27,10 @@ pub struct DeviceArgs {
     /// Leave out the virtio-rng entropy device.
     #[arg(long)]
     pub no_rng: bool,
+    /// Host directory as virtio-fs: TAG=DIR or TAG=DIR,ro (the guest runs
+    /// `mount -t virtiofs TAG /path`). Repeatable; Linux hosts only.
+    #[arg(long = "share", value_parser = parse_share)]
+    pub shares: Vec<ShareArg>,
 }
 
 /// The guest's vsock CID unless `--cid` says otherwise (0-2 are reserved).
@@ -37,6 +43,7 @@ impl Default for DeviceArgs {
             vsock_uds: None,
             cid: DEFAULT_CID,
             no_rng: false,
+            shares: Vec::new(),
         }
     }
 }
@@ -67,6 +74,78 @@ pub fn parse_disk(s: &str) -> Result<DiskArg, String> {
     })
 }
 
+/// One `--share`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareArg {
+    /// Mount tag (1 to 36 bytes).
+    pub tag: String,
+    /// Host directory.
+    pub dir: PathBuf,
+    /// Read-only (enforced by the host).
+    pub read_only: bool,
+}
+
+/// Checks a mount tag: 1 to 36 bytes, no NUL, ',' or '='.
+pub fn check_tag(tag: &str) -> Result<(), String> {
+    if tag.is_empty() || tag.len() > TAG_LEN || tag.contains(['\0', ',', '=']) {
+        return Err(format!(
+            "share tag '{tag}' must be 1 to {TAG_LEN} bytes without ',' or '='"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `dir` is an existing directory.
+pub fn check_dir(dir: &std::path::Path) -> Result<(), String> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(format!("{} is not a directory", dir.display())),
+        Err(e) => Err(format!("shared directory {}: {e}", dir.display())),
+    }
+}
+
+/// Parses `TAG=DIR[,ro]`; the directory must exist.
+pub fn parse_share(s: &str) -> Result<ShareArg, String> {
+    let Some((tag, rest)) = s.split_once('=') else {
+        return Err(format!("'{s}' is not TAG=DIR[,ro]"));
+    };
+    check_tag(tag)?;
+    let (dir, read_only) = match rest.rsplit_once(',') {
+        Some((d, "ro")) => (d, true),
+        Some((d, "rw")) => (d, false),
+        _ => (rest, false),
+    };
+    if dir.is_empty() {
+        return Err(format!("'{s}': empty directory"));
+    }
+    let dir = PathBuf::from(dir);
+    check_dir(&dir)?;
+    Ok(ShareArg {
+        tag: tag.to_owned(),
+        dir,
+        read_only,
+    })
+}
+
+#[cfg(target_os = "linux")]
+fn virtio_fs(share: &ShareArg) -> Result<VirtioFs, String> {
+    use krypton_devices::virtio::fs::passthrough::{Config, Passthrough};
+    let cfg = Config {
+        read_only: share.read_only,
+        ..Config::default()
+    };
+    let fs = Passthrough::new(&share.dir, cfg).map_err(|e| one_line(&e))?;
+    VirtioFs::new(&share.tag, Box::new(fs)).map_err(|e| one_line(&e))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn virtio_fs(share: &ShareArg) -> Result<VirtioFs, String> {
+    Err(format!(
+        "share {}: virtio-fs shares need a Linux host for now",
+        share.tag
+    ))
+}
+
 #[cfg(unix)]
 fn hybrid_host(
     path: &std::path::Path,
@@ -82,13 +161,24 @@ fn hybrid_host(
 }
 
 /// Adds every requested device to `machine`: disks first (so the first disk
-/// is vda), then virtio-rng, then vsock. Returns the vsock host side.
+/// is vda), then virtio-fs shares, virtio-rng, vsock. Returns the vsock
+/// host side.
 pub fn add_all(machine: &mut Machine, args: &DeviceArgs) -> Result<VsockHost, String> {
     for d in &args.disks {
         let blk = Block::new(&d.path, d.read_only)
             .map_err(|e| format!("disk {}: {}", d.path.display(), one_line(&e)))?;
         machine
             .add_virtio_device(Box::new(blk))
+            .map_err(|e| one_line(&e))?;
+    }
+    let mut tags = std::collections::HashSet::new();
+    for share in &args.shares {
+        if !tags.insert(share.tag.as_str()) {
+            return Err(format!("share tag '{}' is used twice", share.tag));
+        }
+        let dev = virtio_fs(share)?;
+        machine
+            .add_virtio_device(Box::new(dev))
             .map_err(|e| one_line(&e))?;
     }
     if !args.no_rng {
@@ -130,5 +220,33 @@ mod tests {
         );
         assert!(parse_disk("a.img,rx").is_err());
         assert!(parse_disk(",ro").is_err());
+    }
+
+    #[test]
+    fn share_options() {
+        let dir = std::env::temp_dir();
+        let d = dir.display();
+        assert_eq!(
+            parse_share(&format!("data={d},ro")),
+            Ok(ShareArg {
+                tag: "data".into(),
+                dir: dir.clone(),
+                read_only: true
+            })
+        );
+        assert_eq!(
+            parse_share(&format!("t={d}")).map(|s| s.read_only),
+            Ok(false)
+        );
+        assert!(parse_share(&format!("={d}")).is_err(), "empty tag");
+        assert!(parse_share(&format!("{}={d}", "x".repeat(37))).is_err());
+        assert!(parse_share("t=").is_err());
+        assert!(parse_share("t").is_err());
+        let err = parse_share("t=/definitely/not/here").expect_err("missing dir");
+        assert!(err.contains("/definitely/not/here"), "{err}");
+        assert!(
+            parse_share("t=/etc/hostname").is_err()
+                || !std::path::Path::new("/etc/hostname").exists()
+        );
     }
 }

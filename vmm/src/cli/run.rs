@@ -12,7 +12,7 @@ use krypton_protocol::{AGENT_VSOCK_PORT, Limits};
 
 use super::boot::{PreparedVm, VmSpec, parse_timeout, prepare};
 use super::console::ConsoleTail;
-use super::devices::{DeviceArgs, DiskArg};
+use super::devices::{DeviceArgs, DiskArg, ShareArg};
 use super::template::template_for;
 use super::{fail, one_line, status};
 use crate::machine::{MachineError, Outcome, SerialOut};
@@ -88,6 +88,10 @@ pub struct RunArgs {
     /// snapshot (which is made on first use, in $KRYPTON_CACHE/snapshots).
     #[arg(long)]
     pub no_snapshot: bool,
+    /// Host directory in the container: HOST:GUEST or HOST:GUEST:ro
+    /// (virtio-fs served by krypton; GUEST is an absolute path). Repeatable.
+    #[arg(short = 'v', long = "volume", value_parser = parse_volume)]
+    pub volumes: Vec<Volume>,
     /// The command and its arguments.
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<String>,
@@ -109,6 +113,52 @@ fn parse_user(s: &str) -> Result<(u32, u32), String> {
         Some((u, g)) => Ok((num(u)?, num(g)?)),
         None => num(s).map(|u| (u, u)),
     }
+}
+
+/// One `-v HOST:GUEST[:ro]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// Host directory.
+    pub host: PathBuf,
+    /// Absolute path in the container.
+    pub guest: String,
+    /// Read-only (enforced by the host).
+    pub read_only: bool,
+}
+
+/// Parses `HOST:GUEST[:ro|:rw]`: HOST must be an existing directory, GUEST
+/// an absolute path without `..` (HOST may hold ':', as `C:\x` does).
+fn parse_volume(s: &str) -> Result<Volume, String> {
+    let (rest, read_only) = match s.rsplit_once(':') {
+        Some((r, "ro")) => (r, true),
+        Some((r, "rw")) => (r, false),
+        _ => (s, false),
+    };
+    let Some((host, guest)) = rest.rsplit_once(':').filter(|(h, _)| !h.is_empty()) else {
+        return Err(format!("'{s}' is not HOST:GUEST[:ro]"));
+    };
+    let mount = krypton_protocol::Mount {
+        tag: "t".into(),
+        target: guest.to_owned(),
+        read_only,
+    };
+    if mount.check().is_err() {
+        return Err(format!(
+            "volume '{s}': the guest path '{guest}' must be absolute, not '/', without '..'"
+        ));
+    }
+    let host = PathBuf::from(host);
+    super::devices::check_dir(&host)?;
+    Ok(Volume {
+        host,
+        guest: guest.to_owned(),
+        read_only,
+    })
+}
+
+/// The virtio-fs tag of the `i`th volume.
+fn volume_tag(i: usize) -> String {
+    format!("krypton-v{i}")
 }
 
 /// Where the default guest (built by `cargo xtask images` and
@@ -229,8 +279,28 @@ fn run_inner(args: RunArgs) -> Result<u8, String> {
             path: rootfs,
             read_only: true,
         }],
+        shares: args
+            .volumes
+            .iter()
+            .enumerate()
+            .map(|(i, v)| ShareArg {
+                tag: volume_tag(i),
+                dir: v.host.clone(),
+                read_only: v.read_only,
+            })
+            .collect(),
         ..DeviceArgs::default()
     };
+    let mounts = args
+        .volumes
+        .iter()
+        .enumerate()
+        .map(|(i, v)| krypton_protocol::Mount {
+            tag: volume_tag(i),
+            target: v.guest.clone(),
+            read_only: v.read_only,
+        })
+        .collect();
     let console = ConsoleTail::new(args.console, timeline.clone());
     if !args.console {
         cmdline.push_str(" quiet");
@@ -275,6 +345,7 @@ fn run_inner(args: RunArgs) -> Result<u8, String> {
             memory_bytes: mem_limit,
             ..Limits::default()
         },
+        mounts,
         timeout,
         timeline: Some(timeline.clone()),
         restored,
@@ -419,6 +490,35 @@ mod tests {
         assert_eq!(parse_user("1000:50"), Ok((1000, 50)));
         assert!(parse_user("root").is_err());
         assert!(parse_user("1:x").is_err());
+    }
+
+    #[test]
+    fn volume_parsing() {
+        let dir = std::env::temp_dir();
+        let d = dir.display();
+        assert_eq!(
+            parse_volume(&format!("{d}:/data:ro")),
+            Ok(Volume {
+                host: dir.clone(),
+                guest: "/data".into(),
+                read_only: true
+            })
+        );
+        assert_eq!(
+            parse_volume(&format!("{d}:/a/b")).map(|v| (v.guest, v.read_only)),
+            Ok(("/a/b".into(), false))
+        );
+        for bad in [
+            format!("{d}:data"),
+            format!("{d}:/"),
+            format!("{d}:/a/../etc"),
+            format!("{d}"),
+            ":/data".to_string(),
+        ] {
+            assert!(parse_volume(&bad).is_err(), "{bad}");
+        }
+        let err = parse_volume("/definitely/not/here:/data").expect_err("missing host dir");
+        assert!(err.contains("/definitely/not/here"), "{err}");
     }
 
     #[test]

@@ -48,6 +48,12 @@ pub(super) fn identity_key(spec: &VmSpec<'_>) -> Result<u64, String> {
         h.write_u8(u8::from(disk.read_only));
         hash_disk(&mut h, &disk.path)?;
     }
+    // Shares by tag and mode only: the guest has not mounted them when the
+    // template is saved, so each run may attach other host directories.
+    for s in &d.shares {
+        h.write(s.tag.as_bytes());
+        h.write_u8(u8::from(s.read_only));
+    }
     h.write_u64(d.cid);
     h.write_u8(u8::from(d.no_rng));
     h.write_u8(u8::from(d.vsock_uds.is_some()));

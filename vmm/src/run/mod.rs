@@ -53,6 +53,8 @@ pub struct RunOptions {
     pub hostname: String,
     /// cgroup limits.
     pub limits: Limits,
+    /// virtio-fs shares to mount in the container.
+    pub mounts: Vec<krypton_protocol::Mount>,
     /// Give up after this long (exit code 124).
     pub timeout: Option<Duration>,
     /// Where to record "agent ready", "exec started" and "exit status".

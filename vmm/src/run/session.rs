@@ -111,6 +111,7 @@ fn exec_request(opts: &RunOptions, size: Option<(u16, u16)>) -> ExecRequest {
         rootfs: opts.rootfs.clone(),
         hostname: opts.hostname.clone(),
         limits: opts.limits.clone(),
+        mounts: opts.mounts.clone(),
     }
 }
 
@@ -138,6 +139,11 @@ where
             caps,
         } => {
             log::debug!("agent hello, caps {caps:#x}");
+            if !opts.mounts.is_empty() && caps & krypton_protocol::caps::MOUNTS == 0 {
+                return Err(RunError::Handshake(
+                    "the guest agent cannot mount shared directories".into(),
+                ));
+            }
             if let Some(t) = &opts.timeline {
                 t.mark("agent ready");
             }

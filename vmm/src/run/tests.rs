@@ -28,7 +28,10 @@ async fn agent_start(s: &mut DuplexStream) -> krypton_protocol::ExecRequest {
     .expect("test step");
     assert!(matches!(
         read_message_async(s).await.expect("test step"),
-        Message::Hello { version: 1, .. }
+        Message::Hello {
+            version: PROTOCOL_VERSION,
+            ..
+        }
     ));
     match read_message_async(s).await.expect("test step") {
         Message::Exec(e) => e,
@@ -281,4 +284,67 @@ async fn agent_failures_are_125() {
     let (host, _agent) = duplex(64);
     let (r, _, _) = run(host, &RunOptions::default(), Stdin::Null, None).await;
     assert!(matches!(r, Err(RunError::Invalid(_))));
+}
+
+#[tokio::test]
+async fn mounts_need_an_agent_that_can_mount_and_are_sent() {
+    let mount = krypton_protocol::Mount {
+        tag: "krypton-v0".into(),
+        target: "/data".into(),
+        read_only: true,
+    };
+    let o = RunOptions {
+        mounts: vec![mount.clone()],
+        ..opts(&["true"])
+    };
+    // An agent without caps::MOUNTS: refused before the Exec.
+    let (host, mut agent) = duplex(1 << 16);
+    let fake = tokio::spawn(async move {
+        write_message_async(
+            &mut agent,
+            &Message::Hello {
+                version: PROTOCOL_VERSION,
+                caps: 0,
+            },
+        )
+        .await
+        .expect("test step");
+        let _ = read_message_async(&mut agent).await;
+        read_message_async(&mut agent).await.is_ok()
+    });
+    let (r, _, _) = run(host, &o, Stdin::Null, None).await;
+    let e = r.expect_err("no mount support");
+    assert!(
+        e.to_string().contains("handshake") || format!("{e:?}").contains("mount"),
+        "{e:?}"
+    );
+    assert!(!fake.await.expect("test step"), "no Exec was sent");
+    // An agent with it gets the mounts in the Exec.
+    let (host, mut agent) = duplex(1 << 16);
+    let fake = tokio::spawn(async move {
+        write_message_async(
+            &mut agent,
+            &Message::Hello {
+                version: PROTOCOL_VERSION,
+                caps: krypton_protocol::caps::MOUNTS,
+            },
+        )
+        .await
+        .expect("test step");
+        let _ = read_message_async(&mut agent).await;
+        let Message::Exec(e) = read_message_async(&mut agent).await.expect("exec") else {
+            panic!("expected exec")
+        };
+        let exit = Message::Exit {
+            id: e.id,
+            status: ExitStatus::Code(0),
+        };
+        write_message_async(&mut agent, &exit)
+            .await
+            .expect("test step");
+        e.mounts
+    });
+    let (r, _, _) = run(host, &o, Stdin::Null, None).await;
+    assert_eq!(r.expect("ran"), 0);
+    assert_eq!(fake.await.expect("test step"), vec![mount]);
 }
