@@ -97,6 +97,30 @@ async fn pid1_mode_mounts_base_filesystems_and_powers_off_its_namespace() {
         );
     }
 
+    // As PID 1 the agent keeps a container init ready (zygote.rs): the
+    // first exec used it; the next ones use its replacements, stdin, stdout
+    // and stderr handed over with the config.
+    for round in 0..3 {
+        let stream = tokio::net::UnixStream::connect(&sock)
+            .await
+            .expect("connect");
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let opts = sh("read x; echo \"got $x\"; echo oops >&2; exit 3");
+        let io = RunIo {
+            stdin: agent_support::bytes(format!("line{round}\n").into_bytes()),
+            stdout: &mut out,
+            stderr: &mut err,
+            control: None,
+            size: None,
+        };
+        let mut opts = opts;
+        opts.interactive = true;
+        let code = run_with_io(stream, &opts, io).await.expect("run");
+        assert_eq!(code, 3, "round {round}: {}", String::from_utf8_lossy(&err));
+        assert_eq!(String::from_utf8_lossy(&out), format!("got line{round}\n"));
+        assert_eq!(String::from_utf8_lossy(&err), "oops\n");
+    }
+
     write_message(
         &mut s,
         &Message::Hello {

@@ -10,7 +10,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -49,14 +49,34 @@ fn one_line(s: &str) -> String {
 }
 
 fn read_config() -> Result<ExecRequest> {
-    // SAFETY: fd 3 is the config pipe handed over by spawn; owned from here.
+    // SAFETY: fd 3 is the config channel handed over by spawn; owned from here.
     let mut f = unsafe { File::from_raw_fd(CONFIG_FD) };
     let mut buf = Vec::new();
+    if is_socket(&f) {
+        // A container init started ahead of time (zygote.rs): its stdio
+        // arrives with the config.
+        let mut chunk = vec![0u8; 64 << 10];
+        let (n, fds) =
+            crate::sys::recv_with_fds(CONFIG_FD, &mut chunk, 3).context("read config")?;
+        let stdio =
+            crate::zygote::check_fds(&fds.iter().map(|f| f.as_raw_fd()).collect::<Vec<_>>())?;
+        for (target, fd) in stdio.into_iter().enumerate() {
+            // SAFETY: dup2 onto our own stdio numbers.
+            check(unsafe { libc::dup2(fd, target as libc::c_int) }).context("dup2 stdio")?;
+        }
+        drop(fds);
+        buf.extend_from_slice(&chunk[..n]);
+    }
     f.read_to_end(&mut buf).context("read config")?;
     match krypton_protocol::read_message(&mut buf.as_slice()).context("decode config")? {
         Message::Exec(e) => Ok(e),
         other => bail!("unexpected config {other:?}"),
     }
+}
+
+fn is_socket(f: &File) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    f.metadata().is_ok_and(|m| m.file_type().is_socket())
 }
 
 /// Everything the forked workload needs, prepared before the fork.

@@ -78,6 +78,33 @@ pub fn resize(pty: &OwnedFd, rows: u16, cols: u16) {
     unsafe { libc::ioctl(pty.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
 }
 
+/// Clones a container init for this exec: stdio, a config pipe it reads
+/// to EOF, the report pipe; joined to the cgroups of `procs`.
+fn spawn_now(
+    stdio: [std::os::fd::RawFd; 3],
+    config: &[u8],
+    procs: &[std::path::PathBuf],
+    new_netns: bool,
+) -> Result<(crate::spawn::Spawned, Receiver<libc::c_int>, File)> {
+    let (cfg_r, mut cfg_w) = pipe()?;
+    let (report_r, report_w) = pipe()?;
+    let guard = crate::reaper::get().lock();
+    let spawned = crate::spawn::spawn(
+        stdio,
+        cfg_r.as_raw_fd(),
+        report_w.as_raw_fd(),
+        procs,
+        new_netns,
+    )?;
+    let exit_rx = guard.register(spawned.pid);
+    drop((cfg_r, report_w));
+    // The config is small; the child reads it right away.
+    if let Err(e) = cfg_w.write_all(config) {
+        log::warn!("write container config: {e}");
+    }
+    Ok((spawned, exit_rx, report_r))
+}
+
 /// Starts `req`; the supervisor thread reports to `sink` and calls
 /// `done(id)` when the exec is over.
 pub fn start(
@@ -88,8 +115,6 @@ pub fn start(
 ) -> Result<ExecHandle> {
     let cgroup = agent.cgroups.create(&req.limits)?;
     let procs = cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default();
-    let (cfg_r, mut cfg_w) = pipe()?;
-    let (report_r, report_w) = pipe()?;
     // Child ends and our ends of stdio.
     let (child_io, stdin_w, outputs, pty): ([OwnedFd; 3], File, Vec<(Stream, File)>, _) = if req.tty
     {
@@ -116,35 +141,36 @@ pub fn start(
         )
     };
     let config = krypton_protocol::encode(&Message::Exec(req.clone()))?;
-    let guard = crate::reaper::get().lock();
-    let spawned = crate::spawn::spawn(
-        [
-            child_io[0].as_raw_fd(),
-            child_io[1].as_raw_fd(),
-            child_io[2].as_raw_fd(),
-        ],
-        cfg_r.as_raw_fd(),
-        report_w.as_raw_fd(),
-        &procs,
-        !agent.pid1,
-    );
-    let spawned = match spawned {
+    let stdio = [
+        child_io[0].as_raw_fd(),
+        child_io[1].as_raw_fd(),
+        child_io[2].as_raw_fd(),
+    ];
+    let ready = if agent.pid1 {
+        crate::zygote::take()
+    } else {
+        None
+    };
+    let started = match ready {
+        Some(mut z) => match z.hand_over(&procs, stdio, &config) {
+            Ok(()) => Ok((z.spawned, z.exit_rx, z.report)),
+            Err(e) => {
+                let _ = crate::sys::pidfd_signal(z.spawned.pidfd.as_raw_fd(), libc::SIGKILL);
+                Err(e)
+            }
+        },
+        None => spawn_now(stdio, &config, &procs, !agent.pid1),
+    };
+    let (spawned, exit_rx, report_r) = match started {
         Ok(s) => s,
         Err(e) => {
-            drop(guard);
             if let Some(c) = cgroup {
                 c.remove();
             }
             return Err(e);
         }
     };
-    let exit_rx = guard.register(spawned.pid);
-    drop((child_io, cfg_r, report_w));
-    // The config is small; the child reads it right away.
-    if let Err(e) = cfg_w.write_all(&config) {
-        log::warn!("write container config: {e}");
-    }
-    drop(cfg_w);
+    drop(child_io);
     let pidfd = Arc::new(spawned.pidfd);
     let (stdin_tx, stdin_rx) = sync_channel(64);
     let id = req.id;

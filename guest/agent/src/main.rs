@@ -17,6 +17,7 @@ mod session;
 mod spawn;
 mod sys;
 mod transport;
+mod zygote;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -191,6 +192,11 @@ fn run(argv: impl Iterator<Item = String>, pid1: bool) -> Result<()> {
             Err(e) => return Err(e),
         }
     };
+    if pid1 {
+        // In the VM: a container init waits before we say we listen, so
+        // the template snapshot holds one too.
+        zygote::start();
+    }
     log::info!("listening on {:?}", args.listen);
     loop {
         let stream = match listener.accept() {
