@@ -74,6 +74,14 @@ fn read_config() -> Result<ExecRequest> {
     }
 }
 
+fn config_is_socket() -> bool {
+    // SAFETY: stat is plain data; all-zero is valid before fstat fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes into `st`.
+    let r = unsafe { libc::fstat(CONFIG_FD, &mut st) };
+    r == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK
+}
+
 fn is_socket(f: &File) -> bool {
     use std::os::unix::fs::FileTypeExt;
     f.metadata().is_ok_and(|m| m.file_type().is_socket())
@@ -119,9 +127,44 @@ fn prepare(req: &ExecRequest) -> Result<Workload> {
     })
 }
 
-fn setup(req: &ExecRequest) -> Result<()> {
-    // Nothing we mount may propagate back to the agent's namespace.
+/// The rootfs `krypton run` gives every container; a container init
+/// started ahead of time stages it while it waits.
+const DEFAULT_ROOTFS: &str = "/dev/vda";
+
+/// Makes this mount namespace private (nothing may propagate back to the
+/// agent's) and, when the default rootfs is a block device here, stages it.
+/// Returns the staged rootfs.
+fn prestage() -> Result<Option<&'static str>> {
     mount("", "/", "", libc::MS_REC | libc::MS_PRIVATE, "")?;
+    let is_block = std::fs::metadata(DEFAULT_ROOTFS).is_ok_and(|m| {
+        use std::os::unix::fs::FileTypeExt;
+        m.file_type().is_block_device()
+    });
+    if !is_block {
+        return Ok(None);
+    }
+    match crate::rootfs::stage(DEFAULT_ROOTFS) {
+        Ok(()) => Ok(Some(DEFAULT_ROOTFS)),
+        // Not fatal: the exec will say what is wrong with its rootfs.
+        Err(_) => {
+            let _ = crate::rootfs::unstage();
+            Ok(None)
+        }
+    }
+}
+
+fn setup(req: &ExecRequest, staged: Option<Option<&str>>) -> Result<()> {
+    let staged = match staged {
+        Some(s) => s,
+        None => {
+            // Nothing we mount may propagate back to the agent's namespace.
+            mount("", "/", "", libc::MS_REC | libc::MS_PRIVATE, "")?;
+            None
+        }
+    };
+    if staged.is_some() && staged != Some(req.rootfs.as_str()) {
+        crate::rootfs::unstage()?;
+    }
     let host = if req.hostname.is_empty() {
         "krypton"
     } else {
@@ -140,6 +183,8 @@ fn setup(req: &ExecRequest) -> Result<()> {
             libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
             "",
         )?;
+    } else if staged == Some(req.rootfs.as_str()) {
+        crate::rootfs::pivot_staged()?;
     } else {
         crate::rootfs::enter(&req.rootfs)?;
     }
@@ -150,8 +195,15 @@ fn setup(req: &ExecRequest) -> Result<()> {
 fn run(out: &mut File) -> Result<i32> {
     // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"krypton-init".as_ptr()) };
+    // Started ahead of time (config on a socket): prepare what does not
+    // depend on the exec while waiting for it.
+    let staged = if config_is_socket() {
+        Some(prestage()?)
+    } else {
+        None
+    };
     let req = read_config()?;
-    setup(&req)?;
+    setup(&req, staged)?;
     let w = prepare(&req)?;
     // Block everything: the workload unblocks, we take signals with
     // sigwaitinfo and forward them.

@@ -187,6 +187,7 @@ pub fn start(
             if let Some(c) = cgroup {
                 c.remove();
             }
+            crate::zygote::refill();
             done(id);
         })?;
     Ok(ExecHandle {

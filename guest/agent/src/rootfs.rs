@@ -100,6 +100,28 @@ fn mkdir(p: &Path) -> Result<()> {
 /// Builds the container root under a private tmpfs at `/tmp` and pivots
 /// into it. Runs in the container init, in its new mount namespace.
 pub fn enter(rootfs: &str) -> Result<()> {
+    stage(rootfs)?;
+    pivot_staged()
+}
+
+/// Where [`stage`] builds the root.
+const STAGE: &str = "/tmp";
+
+/// Pivots into the root [`stage`] built.
+pub fn pivot_staged() -> Result<()> {
+    pivot(&Path::new(STAGE).join("root"))
+}
+
+/// Undoes [`stage`] (lazily: nothing in it is in use yet).
+pub fn unstage() -> Result<()> {
+    umount2(STAGE, libc::MNT_DETACH)
+}
+
+/// Everything of [`enter`] but the pivot: the rootfs mounted read-only,
+/// the overlay with a tmpfs upper layer, /proc, /dev, /sys and /tmp in it.
+/// A container init started ahead of time does this for the default
+/// rootfs while it waits for its exec.
+pub fn stage(rootfs: &str) -> Result<()> {
     let src = Path::new(rootfs);
     let meta = fs::metadata(src).with_context(|| format!("rootfs {rootfs}"))?;
     let (device, _loop_handle) = if meta.file_type().is_block_device() {
@@ -110,7 +132,7 @@ pub fn enter(rootfs: &str) -> Result<()> {
     } else {
         bail!("rootfs {rootfs} is neither a block device nor an image file");
     };
-    let stage = Path::new("/tmp");
+    let stage = Path::new(STAGE);
     mount(
         "krypton-stage",
         stage,
@@ -135,8 +157,7 @@ pub fn enter(rootfs: &str) -> Result<()> {
         work.display()
     );
     mount("overlay", &root, "overlay", 0, &opts)?;
-    populate(&root)?;
-    pivot(&root)
+    populate(&root)
 }
 
 /// Mounts each virtio-fs share at its target in the current root (the

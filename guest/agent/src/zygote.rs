@@ -5,7 +5,9 @@
 //! template skips clone and re-exec, seconds of emulated kernel work on
 //! kvm_pvm hosts. An exec takes it: the agent moves it into the exec's
 //! cgroup, sends the config and the stdio descriptors over the socket
-//! (SCM_RIGHTS), and the keeper thread starts the next one.
+//! (SCM_RIGHTS), and when that exec ends the keeper thread starts the
+//! next one. While it waits, the init also mounts the default rootfs and
+//! builds the container's overlay and /dev (container.rs `prestage`).
 //!
 //! The keeper thread clones every spare, and lives as long as the agent:
 //! the container init's parent-death signal follows the thread that
@@ -129,19 +131,30 @@ fn spawn_one() -> Result<Zygote> {
     })
 }
 
-/// The waiting container init, if one is ready and alive; asks the keeper
-/// for the next one.
+/// The waiting container init, if one is ready and alive. The next one is
+/// made when an exec ends ([`refill`]), so cloning it never competes with
+/// a container's start for the VM's CPU.
 pub fn take() -> Option<Zygote> {
     let k = KEEPER.get()?;
     let z = k.ready.lock().unwrap_or_else(|e| e.into_inner()).take();
-    let _ = k.refill.try_send(());
-    let z = z?;
+    let Some(z) = z else {
+        refill();
+        return None;
+    };
     match z.exit_rx.try_recv() {
         Err(TryRecvError::Empty) => Some(z),
         _ => {
             log::warn!("the waiting container init {} died", z.spawned.pid);
             None
         }
+    }
+}
+
+/// Asks the keeper for a new spare if none is waiting.
+pub fn refill() {
+    let Some(k) = KEEPER.get() else { return };
+    if k.ready.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+        let _ = k.refill.try_send(());
     }
 }
 
