@@ -9,6 +9,7 @@
 
 pub mod blk;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 #[doc(hidden)]
 pub mod testing;
@@ -74,7 +75,7 @@ pub enum ActivateError {
 
 /// A virtio device behind the transport. Small and transport-only.
 pub trait VirtioDevice: Send {
-    /// Virtio device ID (2 = block, 4 = entropy, 19 = vsock).
+    /// Virtio device ID (1 = network, 2 = block, 4 = entropy, 19 = vsock).
     fn device_type(&self) -> u32;
     /// Maximum size of each queue; the length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];

@@ -1,0 +1,3 @@
+//! virtio-net (device type 1) over a user-mode network backend.
+
+pub mod frame;
