@@ -124,6 +124,8 @@ pub(super) struct PreparedVm {
     pub machine: Machine,
     pub state: CpuState,
     pub vsock: VsockHost,
+    /// The network helper (passt), stopped when dropped after the VM.
+    pub net: Option<Box<dyn std::fmt::Debug + Send>>,
 }
 
 /// Opens the hypervisor, builds the machine and its devices, loads the kernel.
@@ -143,7 +145,7 @@ pub(super) fn prepare(spec: VmSpec<'_>) -> Result<PreparedVm, String> {
         hide_cpuid: spec.hide_cpuid,
     };
     let mut machine = Machine::new(hv.as_ref(), cfg).map_err(|e| one_line(&e))?;
-    let vsock = devices::add_all(&mut machine, spec.devices)?;
+    let attached = devices::add_all(&mut machine, spec.devices)?;
     let ram = krypton_boot::layout::ram_regions(spec.mem << 20);
     let mut kcfg = KernelConfig::new(
         ImageSource::File(spec.kernel.to_path_buf()),
@@ -166,7 +168,8 @@ pub(super) fn prepare(spec: VmSpec<'_>) -> Result<PreparedVm, String> {
     Ok(PreparedVm {
         machine,
         state,
-        vsock,
+        vsock: attached.vsock,
+        net: attached.net,
     })
 }
 
@@ -185,6 +188,7 @@ fn boot(args: BootArgs) -> Result<Outcome, String> {
     })?;
     // The vsock host (and its socket) lives until the VM has stopped.
     let _vsock = vm.vsock;
+    let _net = vm.net;
     if args.serial == "stdio" {
         forward_stdin(vm.machine.serial_input());
     }

@@ -83,6 +83,9 @@ pub struct RunArgs {
     /// /init, agent ready, exec, exit) on stderr at the end.
     #[arg(long)]
     pub timings: bool,
+    /// Network (--net, -p).
+    #[command(flatten)]
+    pub net: super::devices::NetArgs,
     /// The command and its arguments.
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<String>,
@@ -224,6 +227,7 @@ fn run_inner(args: RunArgs) -> Result<u8, String> {
             path: rootfs,
             read_only: true,
         }],
+        net: args.net.clone(),
         ..DeviceArgs::default()
     };
     let console = ConsoleTail::new(args.console, timeline.clone());
@@ -284,6 +288,8 @@ fn run_inner(args: RunArgs) -> Result<u8, String> {
         .build()
         .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
     let vsock = vm.vsock;
+    // passt (if any) is stopped after the VM, when this is dropped.
+    let _net = vm.net;
     let started = Instant::now();
     let result = rt.block_on(async {
         // The guest may answer a connection request slowly (emulated
