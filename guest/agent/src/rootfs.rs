@@ -135,6 +135,9 @@ pub fn enter(rootfs: &str) -> Result<()> {
     );
     mount("overlay", &root, "overlay", 0, &opts)?;
     populate(&root)?;
+    if let Err(e) = crate::net::install_resolv_conf(&root) {
+        log::warn!("resolv.conf: {e:#}");
+    }
     pivot(&root)
 }
 

@@ -231,6 +231,11 @@ fn run_inner(args: RunArgs) -> Result<u8, String> {
         ..DeviceArgs::default()
     };
     let console = ConsoleTail::new(args.console, timeline.clone());
+    // Before --append, so the user's krypton.net= (the last one) wins.
+    if let Some(net) = crate::net::guest_cmdline(&args.net.mode) {
+        cmdline.push(' ');
+        cmdline.push_str(&net);
+    }
     if !args.console {
         cmdline.push_str(" quiet");
     }

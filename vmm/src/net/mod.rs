@@ -16,6 +16,26 @@ use std::path::PathBuf;
 use crate::cli::one_line;
 use krypton_devices::virtio::net::{ETHERNET_MTU, NetBackend, StreamBackend};
 
+/// The guest's address with passt (QEMU user networking's conventions).
+pub const PASST_GUEST_ADDR: &str = "10.0.2.15";
+/// Its prefix length.
+pub const PASST_PREFIX: u8 = 24;
+/// The gateway: passt maps connections to it to the host's loopback.
+pub const PASST_GATEWAY: &str = "10.0.2.2";
+/// The resolver address: passt forwards queries to it to the host's resolver.
+pub const PASST_DNS: &str = "10.0.2.3";
+
+/// The kernel command-line word telling the guest agent how to configure
+/// its interface (`krypton.net=ADDR/PREFIX,GATEWAY,DNS`), where the VMM
+/// chose the addressing (passt); other peers: none (pass it with
+/// `--append` to match the peer, e.g. gvproxy's
+/// `krypton.net=192.168.127.2/24,192.168.127.1,192.168.127.1`).
+pub fn guest_cmdline(mode: &NetMode) -> Option<String> {
+    (*mode == NetMode::Passt).then(|| {
+        format!("krypton.net={PASST_GUEST_ADDR}/{PASST_PREFIX},{PASST_GATEWAY},{PASST_DNS}")
+    })
+}
+
 /// What `--net` asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum NetMode {

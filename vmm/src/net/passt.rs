@@ -6,6 +6,9 @@
 //! passt drops to `nobody`, so the directory is handed to `nobody`). We
 //! wait for the socket, connect once, and kill passt when the VM stops
 //! (drop). Published ports become `-t HOST:GUEST` / `-u HOST:GUEST`.
+//! The guest gets fixed addresses (`-a`, `-n`, `-g`; see
+//! [`super::guest_cmdline`]) instead of copies of the host's, and DNS
+//! queries to [`super::PASST_DNS`] go to the host's resolver.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -79,8 +82,16 @@ impl Passt {
             .map(Stdio::from)
             .unwrap_or_else(|_| Stdio::null());
         let mut cmd = Command::new(program);
+        let prefix = super::PASST_PREFIX.to_string();
         cmd.args(["-f", "-1", "-q", "-s"])
             .arg(&sock)
+            .args(["-a", super::PASST_GUEST_ADDR, "-n", &prefix])
+            .args([
+                "-g",
+                super::PASST_GATEWAY,
+                "--dns-forward",
+                super::PASST_DNS,
+            ])
             .args(port_args(ports))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -36,6 +36,16 @@ fn net_modes_parse() {
 }
 
 #[test]
+fn guest_addressing_with_passt_only() {
+    assert_eq!(
+        guest_cmdline(&NetMode::Passt).as_deref(),
+        Some("krypton.net=10.0.2.15/24,10.0.2.2,10.0.2.3")
+    );
+    assert_eq!(guest_cmdline(&NetMode::None), None);
+    assert_eq!(guest_cmdline(&NetMode::StreamTcp("h:1".into())), None);
+}
+
+#[test]
 fn published_ports_parse() {
     assert_eq!(
         parse_publish("8080:80"),
