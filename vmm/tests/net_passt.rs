@@ -1,0 +1,201 @@
+//! The virtio-net data path against a real passt, without a VM: a
+//! simulated guest driver sends frames through the device and the stream
+//! backend to passt and reads passt's answers from its RX queue. Checks the
+//! framing against passt itself, the fixed guest addressing, and passt's
+//! gateway mapping (a TCP SYN to 10.0.2.2:PORT reaches 127.0.0.1:PORT on
+//! the host). Skipped where passt is not installed.
+#![cfg(target_os = "linux")]
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use krypton::net::passt::Passt;
+use krypton_devices::GuestMem;
+use krypton_devices::virtio::net::{Net, PASST_MTU, StreamBackend};
+use krypton_devices::virtio::testing::{Driver, F_WRITE, Ring, driver_for};
+use vm_memory::{Bytes, GuestAddress};
+
+const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+const HDR: usize = 12;
+const RX_BUF: u64 = 0x10_0000;
+const RX_SIZE: u32 = 0x1_2000;
+const TX_BUF: u64 = 0xe0_0000;
+
+fn passt_installed() -> bool {
+    let ok = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| Path::new(&d).join("passt").is_file()));
+    if !ok {
+        eprintln!("skipped: passt is not installed");
+    }
+    ok
+}
+
+struct Guest {
+    d: Driver,
+    mem: GuestMem,
+    rx: Ring,
+    tx: Ring,
+    /// RX buffer address of each posted head.
+    posted: Vec<(u16, u64)>,
+    _passt: Passt,
+}
+
+impl Guest {
+    fn new() -> Guest {
+        let (passt, sock) = Passt::start(&[]).expect("passt starts");
+        let backend = StreamBackend::new(Box::new(sock)).expect("backend");
+        let (mut d, mem, _irq) = driver_for(Box::new(Net::new(MAC, PASST_MTU, Box::new(backend))));
+        let rx = Ring::new(&mem, 0x1_0000, 16);
+        let tx = Ring::new(&mem, 0x2_0000, 16);
+        d.negotiate(u64::MAX);
+        d.setup_queue(0, &rx);
+        d.setup_queue(1, &tx);
+        d.driver_ok();
+        let mut g = Guest {
+            d,
+            mem,
+            rx,
+            tx,
+            posted: Vec::new(),
+            _passt: passt,
+        };
+        for i in 0..8 {
+            g.post(RX_BUF + u64::from(RX_SIZE) * i);
+        }
+        g
+    }
+
+    fn post(&mut self, at: u64) {
+        let head = self.rx.add_chain(&self.mem, &[(at, RX_SIZE, F_WRITE)]);
+        self.posted.push((head, at));
+        self.d.notify(0);
+    }
+
+    fn send(&mut self, frame: &[u8]) {
+        let mut bytes = vec![0u8; HDR];
+        bytes.extend_from_slice(frame);
+        self.mem
+            .write_slice(&bytes, GuestAddress(TX_BUF))
+            .expect("tx");
+        self.tx
+            .add_chain(&self.mem, &[(TX_BUF, bytes.len() as u32, 0)]);
+        self.d.notify(1);
+        assert!(self.tx.wait_used(&self.mem).is_some(), "TX used");
+    }
+
+    /// Frames from passt until `pred` matches one (10 s at most).
+    fn receive_until(&mut self, pred: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "no matching frame from passt");
+            let Some((id, len)) = self.rx.pop_used(&self.mem) else {
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            };
+            let at = self
+                .posted
+                .iter()
+                .find(|(h, _)| u32::from(*h) == id)
+                .map(|p| p.1)
+                .expect("a posted head");
+            let mut all = vec![0u8; len as usize];
+            self.mem.read_slice(&mut all, GuestAddress(at)).expect("rx");
+            self.posted.retain(|(h, _)| u32::from(*h) != id);
+            self.post(at);
+            let frame = all.split_off(HDR);
+            assert_eq!(all[10], 1, "num_buffers");
+            if pred(&frame) {
+                return frame;
+            }
+        }
+    }
+}
+
+fn checksum(data: &[u8], mut sum: u32) -> u16 {
+    for c in data.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn arp_request() -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&MAC);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&MAC);
+    f.extend_from_slice(&GUEST.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&GATEWAY.octets());
+    f.resize(60, 0);
+    f
+}
+
+fn tcp_syn(dst_mac: &[u8], port: u16) -> Vec<u8> {
+    let mut tcp = vec![0u8; 20];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&port.to_be_bytes());
+    tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x02; // SYN
+    tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&GUEST.octets());
+    pseudo.extend_from_slice(&GATEWAY.octets());
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    pseudo.extend_from_slice(&tcp);
+    let c = checksum(&pseudo, 0);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0];
+    ip.extend_from_slice(&GUEST.octets());
+    ip.extend_from_slice(&GATEWAY.octets());
+    let c = checksum(&ip, 0);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = dst_mac.to_vec();
+    f.extend_from_slice(&MAC);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&tcp);
+    f
+}
+
+#[test]
+fn passt_answers_arp_and_maps_the_gateway_to_host_loopback() {
+    if !passt_installed() {
+        return;
+    }
+    let mut g = Guest::new();
+    assert_eq!(g.d.config_bytes(6, 2), [1, 0], "link up");
+    g.send(&arp_request());
+    let reply = g.receive_until(|f| f.len() >= 42 && f[12..14] == [0x08, 0x06]);
+    assert_eq!(&reply[0..6], &MAC, "to us");
+    assert_eq!(reply[20..22], [0, 2], "ARP reply");
+    assert_eq!(reply[28..32], GATEWAY.octets(), "for the gateway");
+    let gw_mac = reply[22..28].to_vec();
+
+    let l = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = l.local_addr().expect("addr").port();
+    g.send(&tcp_syn(&gw_mac, port));
+    let synack = g.receive_until(|f| {
+        f.len() >= 54 && f[12..14] == [0x08, 0x00] && f[23] == 6 && f[34..36] == port.to_be_bytes()
+    });
+    assert_eq!(synack[47] & 0x12, 0x12, "SYN+ACK");
+    assert_eq!(synack[30..34], GUEST.octets());
+    l.set_nonblocking(true).expect("nonblocking");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match l.accept() {
+            Ok((_, peer)) => {
+                assert!(peer.ip().is_loopback(), "{peer}");
+                break;
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => panic!("passt never connected to the host port: {e}"),
+        }
+    }
+}
