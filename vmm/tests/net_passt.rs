@@ -164,6 +164,68 @@ fn tcp_syn(dst_mac: &[u8], port: u16) -> Vec<u8> {
     f
 }
 
+fn udp(dst_mac: &[u8], port: u16, payload: &[u8]) -> Vec<u8> {
+    let ulen = 8 + payload.len();
+    let mut udp = Vec::with_capacity(ulen);
+    udp.extend_from_slice(&40001u16.to_be_bytes());
+    udp.extend_from_slice(&port.to_be_bytes());
+    udp.extend_from_slice(&(ulen as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]); // no checksum (IPv4)
+    udp.extend_from_slice(payload);
+    let total = (20 + ulen) as u16;
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0, 2, 0x40, 0, 64, 17, 0, 0]);
+    ip.extend_from_slice(&GUEST.octets());
+    ip.extend_from_slice(&GATEWAY.octets());
+    let c = checksum(&ip, 0);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = dst_mac.to_vec();
+    f.extend_from_slice(&MAC);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&udp);
+    f
+}
+
+fn gateway_mac(g: &mut Guest) -> Vec<u8> {
+    g.send(&arp_request());
+    let reply = g.receive_until(|f| f.len() >= 42 && f[12..14] == [0x08, 0x06]);
+    reply[22..28].to_vec()
+}
+
+/// UDP both ways through the gateway mapping, with datagrams up to what
+/// the 65520-byte MTU carries unfragmented.
+#[test]
+fn udp_echo_through_passt_with_large_datagrams() {
+    if !passt_installed() {
+        return;
+    }
+    let mut g = Guest::new();
+    let gw = gateway_mac(&mut g);
+    let host = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    host.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let port = host.local_addr().expect("addr").port();
+    for size in [1, 1400, 9000, 60000] {
+        let payload: Vec<u8> = (0..size).map(|i| (i * 7 + size) as u8).collect();
+        g.send(&udp(&gw, port, &payload));
+        let mut buf = vec![0u8; 65536];
+        let (n, from) = host.recv_from(&mut buf).expect("datagram from the guest");
+        assert_eq!(&buf[..n], &payload[..], "guest to host, {size} bytes");
+        let answer: Vec<u8> = payload.iter().rev().copied().collect();
+        host.send_to(&answer, from).expect("answer");
+        let f = g.receive_until(|f| {
+            f.len() >= 42
+                && f[12..14] == [0x08, 0x00]
+                && f[23] == 17
+                && f[34..36] == port.to_be_bytes()
+        });
+        assert_eq!(f[30..34], GUEST.octets());
+        assert_eq!(&f[42..], &answer[..], "host to guest, {size} bytes");
+    }
+}
+
 #[test]
 fn passt_answers_arp_and_maps_the_gateway_to_host_loopback() {
     if !passt_installed() {
