@@ -2,6 +2,7 @@
 //! guest memory: well-formed traffic both ways, malicious chains,
 //! backpressure, link changes, and the stream backend over real sockets.
 
+#[cfg(unix)]
 use std::io::Write;
 use std::time::{Duration, Instant};
 
