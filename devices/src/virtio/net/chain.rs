@@ -103,24 +103,34 @@ pub fn read_tx(mem: &GuestMem, chain: DescriptorChain<&GuestMem>) -> Result<Vec<
     if !(min..=max).contains(&total) {
         return Err(ChainError::BadLength(total));
     }
-    // Bounded by MAX_FRAME + HDR_LEN above.
-    let mut buf = vec![0u8; total as usize];
+    // The header into `hdr`, the rest straight into the frame (bounded by
+    // MAX_FRAME above).
+    let mut hdr = [0u8; HDR_LEN];
+    let mut frame = vec![0u8; (total as usize) - HDR_LEN];
     let mut at = 0usize;
     for seg in &segs {
-        let n = seg.len as usize;
-        let dst = buf
-            .get_mut(at..at + n)
+        let mut addr = seg.addr;
+        let mut left = seg.len as usize;
+        while left > 0 {
+            let dst = if at < HDR_LEN {
+                hdr.get_mut(at..HDR_LEN.min(at + left))
+            } else {
+                frame.get_mut(at - HDR_LEN..at - HDR_LEN + left)
+            }
             .ok_or(ChainError::BadLength(total))?;
-        mem.read_slice(dst, GuestAddress(seg.addr))
-            .map_err(|_| ChainError::OutsideMemory)?;
-        at += n;
+            let n = dst.len();
+            mem.read_slice(dst, GuestAddress(addr))
+                .map_err(|_| ChainError::OutsideMemory)?;
+            at += n;
+            addr += n as u64;
+            left -= n;
+        }
     }
-    let (flags, gso) = (buf[0], buf[1]);
+    let (flags, gso) = (hdr[0], hdr[1]);
     if flags & F_NEEDS_CSUM != 0 || gso != 0 {
         return Err(ChainError::Offload { flags, gso });
     }
-    buf.drain(..HDR_LEN);
-    Ok(buf)
+    Ok(frame)
 }
 
 /// Writes `frame` behind a zeroed header (`num_buffers` = 1) into an RX
