@@ -70,7 +70,7 @@ fn bad_net_values_are_one_line_and_125() {
     );
     assert_one_line_125(
         &krypton(&["run", "--net", "bogus", "--", "true"]),
-        "--net 'bogus'",
+        "invalid value 'bogus' for '--net",
     );
 }
 

@@ -40,7 +40,7 @@ pub struct NetArgs {
     #[arg(long = "net", value_parser = parse_net, default_value = "none")]
     pub mode: NetMode,
     /// Publish a port: HOSTPORT:CONTAINERPORT[/tcp|udp] (repeatable; needs --net passt).
-    #[arg(short = 'p', long = "publish", value_parser = parse_publish)]
+    #[arg(short = 'p', long = "publish", value_name = "HOSTPORT:CONTAINERPORT[/tcp|udp]", value_parser = parse_publish)]
     pub publish: Vec<PortMap>,
 }
 

@@ -52,8 +52,7 @@ pub enum NetMode {
 
 /// Parses `none | passt | stream:unix:PATH | stream:tcp:HOST:PORT`.
 pub fn parse_net(s: &str) -> Result<NetMode, String> {
-    let bad =
-        || format!("--net '{s}': expected none, passt, stream:unix:PATH or stream:tcp:HOST:PORT");
+    let bad = || "expected none, passt, stream:unix:PATH or stream:tcp:HOST:PORT".to_owned();
     match s {
         "none" => return Ok(NetMode::None),
         "passt" => return Ok(NetMode::Passt),
@@ -99,7 +98,7 @@ pub struct PortMap {
 
 /// Parses `HOSTPORT:CONTAINERPORT[/tcp|udp]`.
 pub fn parse_publish(s: &str) -> Result<PortMap, String> {
-    let bad = |why: &str| format!("-p '{s}': {why} (expected HOSTPORT:CONTAINERPORT[/tcp|udp])");
+    let bad = |why: &str| format!("{why} (expected HOSTPORT:CONTAINERPORT[/tcp|udp])");
     let (ports, proto) = match s.rsplit_once('/') {
         Some((p, "tcp")) => (p, Proto::Tcp),
         Some((p, "udp")) => (p, Proto::Udp),
