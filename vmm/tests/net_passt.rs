@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use krypton::net::passt::Passt;
+use krypton::net::{PortMap, parse_publish};
 use krypton_devices::GuestMem;
 use krypton_devices::virtio::net::{Net, PASST_MTU, StreamBackend};
 use krypton_devices::virtio::testing::{Driver, F_WRITE, Ring, driver_for};
@@ -45,7 +46,11 @@ struct Guest {
 
 impl Guest {
     fn new() -> Guest {
-        let (passt, sock) = Passt::start(&[]).expect("passt starts");
+        Guest::with_ports(&[])
+    }
+
+    fn with_ports(ports: &[PortMap]) -> Guest {
+        let (passt, sock) = Passt::start(ports).expect("passt starts");
         let backend = StreamBackend::new(Box::new(sock)).expect("backend");
         let (mut d, mem, _irq) = driver_for(Box::new(Net::new(MAC, PASST_MTU, Box::new(backend))));
         let rx = Ring::new(&mem, 0x1_0000, 16);
@@ -224,6 +229,33 @@ fn udp_echo_through_passt_with_large_datagrams() {
         assert_eq!(f[30..34], GUEST.octets());
         assert_eq!(&f[42..], &answer[..], "host to guest, {size} bytes");
     }
+}
+
+/// `-p HOST:8080` (passt's `-t`): a host connection to 127.0.0.1:HOST
+/// arrives in the guest as a SYN to 10.0.2.15:8080.
+#[test]
+fn published_ports_reach_the_guest() {
+    if !passt_installed() {
+        return;
+    }
+    let port = TcpListener::bind("0.0.0.0:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let map = parse_publish(&format!("{port}:8080")).expect("map");
+    let mut g = Guest::with_ports(&[map]);
+    // passt learns the guest's MAC from its first frame.
+    gateway_mac(&mut g);
+    let _c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to passt");
+    let syn = g.receive_until(|f| {
+        f.len() >= 54
+            && f[12..14] == [0x08, 0x00]
+            && f[23] == 6
+            && f[36..38] == 8080u16.to_be_bytes()
+    });
+    assert_eq!(syn[30..34], GUEST.octets(), "to the guest's address");
+    assert_eq!(syn[47] & 0x12, 0x02, "a SYN");
 }
 
 #[test]
