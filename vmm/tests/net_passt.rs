@@ -142,21 +142,32 @@ fn arp_request() -> Vec<u8> {
 }
 
 fn tcp_syn(dst_mac: &[u8], port: u16) -> Vec<u8> {
+    tcp_segment(dst_mac, port, 1, 0, 0x02, &[])
+}
+
+/// A TCP segment from 10.0.2.15:40000 to 10.0.2.2:`port`.
+fn tcp_segment(dst_mac: &[u8], port: u16, seq: u32, ack: u32, flags: u8, data: &[u8]) -> Vec<u8> {
     let mut tcp = vec![0u8; 20];
     tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
     tcp[2..4].copy_from_slice(&port.to_be_bytes());
-    tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
+    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+    tcp[8..12].copy_from_slice(&ack.to_be_bytes());
     tcp[12] = 5 << 4;
-    tcp[13] = 0x02; // SYN
+    tcp[13] = flags;
     tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    tcp.extend_from_slice(data);
+    let tlen = tcp.len() as u16;
     let mut pseudo = Vec::new();
     pseudo.extend_from_slice(&GUEST.octets());
     pseudo.extend_from_slice(&GATEWAY.octets());
-    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    pseudo.extend_from_slice(&[0, 6]);
+    pseudo.extend_from_slice(&tlen.to_be_bytes());
     pseudo.extend_from_slice(&tcp);
     let c = checksum(&pseudo, 0);
     tcp[16..18].copy_from_slice(&c.to_be_bytes());
-    let mut ip = vec![0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0];
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&(20 + tlen).to_be_bytes());
+    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 6, 0, 0]);
     ip.extend_from_slice(&GUEST.octets());
     ip.extend_from_slice(&GATEWAY.octets());
     let c = checksum(&ip, 0);
@@ -256,6 +267,50 @@ fn published_ports_reach_the_guest() {
     });
     assert_eq!(syn[30..34], GUEST.octets(), "to the guest's address");
     assert_eq!(syn[47] & 0x12, 0x02, "a SYN");
+}
+
+/// A TCP connection through the gateway mapping carries a 30000-byte
+/// segment each way in single frames (MTU 65520).
+#[test]
+fn tcp_data_both_ways_through_passt() {
+    if !passt_installed() {
+        return;
+    }
+    let mut g = Guest::new();
+    let gw = gateway_mac(&mut g);
+    let l = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = l.local_addr().expect("addr").port();
+    let is_ours = move |f: &[u8]| {
+        f.len() >= 54 && f[12..14] == [0x08, 0x00] && f[23] == 6 && f[34..36] == port.to_be_bytes()
+    };
+    g.send(&tcp_syn(&gw, port));
+    let synack = g.receive_until(is_ours);
+    let their_seq = u32::from_be_bytes([synack[38], synack[39], synack[40], synack[41]]);
+    let (mut host, _) = l.accept().expect("passt connects");
+    host.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut ack = their_seq.wrapping_add(1);
+    g.send(&tcp_segment(&gw, port, 2, ack, 0x10, &[]));
+    // Guest to host.
+    let up: Vec<u8> = (0..30000u32).map(|i| (i * 13) as u8).collect();
+    g.send(&tcp_segment(&gw, port, 2, ack, 0x18, &up));
+    let mut got = vec![0u8; up.len()];
+    std::io::Read::read_exact(&mut host, &mut got).expect("host reads the segment");
+    assert!(got == up, "guest to host bytes differ");
+    // Host to guest.
+    let down: Vec<u8> = (0..30000u32).map(|i| (i * 7 + 1) as u8).collect();
+    std::io::Write::write_all(&mut host, &down).expect("host writes");
+    let mut received = Vec::new();
+    while received.len() < down.len() {
+        let f = g.receive_until(move |f| is_ours(f) && f.len() > 54);
+        let ihl = usize::from(f[14] & 0xf) * 4;
+        let doff = usize::from(f[14 + ihl + 12] >> 4) * 4;
+        let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
+        received.extend_from_slice(&f[14 + ihl + doff..14 + total]);
+        ack = ack.wrapping_add((total - ihl - doff) as u32);
+        g.send(&tcp_segment(&gw, port, 2 + up.len() as u32, ack, 0x10, &[]));
+    }
+    assert!(received == down, "host to guest bytes differ");
 }
 
 #[test]
