@@ -13,7 +13,7 @@ use super::frame::{LEN_PREFIX, MAX_FRAME, encode_prefix};
 use super::fuzz::MemBackend;
 use super::*;
 use crate::virtio::mmio::reg;
-use crate::virtio::testing::{Driver, F_WRITE, Ring, driver_for};
+use crate::virtio::testing::{Driver, F_INDIRECT, F_NEXT, F_WRITE, Ring, driver_for};
 
 const MAC: [u8; 6] = [0x52, 0x54, 0, 1, 2, 3];
 const RX_BUF: u64 = 0x10_0000;
@@ -225,13 +225,37 @@ fn malformed_tx_chains_are_dropped_and_the_queue_keeps_working() {
 fn too_long_chains_are_refused() {
     let backend = MemBackend::new();
     let mut h = harness(Box::new(backend.clone()));
-    let descs: Vec<_> = (0..=MAX_SEGMENTS as u64)
-        .map(|i| (TX_BUF + i, 1, 0))
-        .collect();
-    h.tx.add_chain(&h.mem.clone(), &descs);
+    let mem = h.mem.clone();
+    // An indirect table of MAX_SEGMENTS + 1 100-byte readable
+    // descriptors: a well-sized frame, but too many pieces.
+    let table = 0x30_0000u64;
+    let n = MAX_SEGMENTS as u16 + 1;
+    for i in 0..n {
+        let at = table + 16 * u64::from(i);
+        let last = i + 1 == n;
+        mem.write_obj(TX_BUF + 100 * u64::from(i), GuestAddress(at))
+            .expect("addr");
+        mem.write_obj(100u32, GuestAddress(at + 8)).expect("len");
+        mem.write_obj(if last { 0u16 } else { F_NEXT }, GuestAddress(at + 12))
+            .expect("flags");
+        mem.write_obj(i + 1, GuestAddress(at + 14)).expect("next");
+    }
+    h.tx.add_chain(&mem, &[(table, 16 * u32::from(n), F_INDIRECT)]);
     h.d.notify(TX_QUEUE as u32);
-    assert_eq!(h.tx.wait_used(&h.mem).map(|u| u.1), Some(0));
-    assert!(backend.lock().from_guest.is_empty());
+    assert_eq!(h.tx.wait_used(&mem).map(|u| u.1), Some(0));
+    // One descriptor fewer is accepted.
+    mem.write_obj(0u16, GuestAddress(table + 16 * u64::from(n - 2) + 12))
+        .expect("flags");
+    h.tx.add_chain(&mem, &[(table, 16 * u32::from(n - 1), F_INDIRECT)]);
+    h.d.notify(TX_QUEUE as u32);
+    assert!(h.tx.wait_used(&mem).is_some());
+    wait_for("the frame of MAX_SEGMENTS pieces", || {
+        backend.lock().from_guest.len() == 1
+    });
+    assert_eq!(
+        backend.lock().from_guest[0].len(),
+        100 * MAX_SEGMENTS - HDR_LEN
+    );
 }
 
 #[test]
