@@ -65,6 +65,13 @@ impl Engine {
         }
     }
 
+    /// Starts over on fresh queues (the driver reset the device): queues
+    /// found broken before are usable again. Frames held either way stay.
+    pub fn restart(&mut self) {
+        self.rx_broken = false;
+        self.tx_broken = false;
+    }
+
     /// Tells the backend which event to signal (`None`: device inactive).
     pub fn set_wake(&mut self, wake: Option<Arc<crate::event::Event>>) {
         self.backend.set_wake(wake);

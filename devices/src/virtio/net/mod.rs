@@ -164,6 +164,7 @@ impl VirtioDevice for Net {
                 "the network backend was lost",
             )));
         };
+        engine.restart();
         engine.set_wake(Some(Arc::clone(&ctx.notify)));
         let stop = Arc::new(AtomicBool::new(false));
         let run = Run {

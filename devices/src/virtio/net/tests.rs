@@ -333,6 +333,13 @@ fn link_changes_raise_a_config_interrupt() {
 fn reset_and_reactivate_keeps_the_backend() {
     let backend = MemBackend::new();
     let mut h = harness(Box::new(backend.clone()));
+    // A driver that corrupts the TX ring gets that queue ignored ...
+    let bogus = h.tx.avail_idx().wrapping_add(QUEUE_SIZE + 5);
+    h.tx.set_avail_idx(&h.mem, bogus);
+    h.d.notify(TX_QUEUE as u32);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(h.tx.used_idx(&h.mem), 0);
+    // ... until it resets the device.
     h.d.write(reg::STATUS, 0);
     assert!(!h.d.t.is_activated());
     let mut h2 = {
