@@ -7,6 +7,7 @@ pub mod emulator;
 pub mod hv;
 pub mod machine;
 pub mod mmio_check;
+pub mod net;
 pub mod pvm;
 pub mod run;
 pub mod selftest;

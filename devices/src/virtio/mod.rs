@@ -10,6 +10,7 @@
 pub mod blk;
 pub mod fs;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 #[doc(hidden)]
 pub mod testing;
@@ -77,7 +78,7 @@ pub enum ActivateError {
 
 /// A virtio device behind the transport. Small and transport-only.
 pub trait VirtioDevice: Send {
-    /// Virtio device ID (2 = block, 4 = entropy, 19 = vsock, 26 = filesystem).
+    /// Virtio device ID (1 = network, 2 = block, 4 = entropy, 19 = vsock, 26 = filesystem).
     fn device_type(&self) -> u32;
     /// Maximum size of each queue; the length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];

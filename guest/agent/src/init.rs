@@ -1,5 +1,5 @@
-//! PID-1 duties in the utility VM: base mounts, hostname, loopback, and
-//! power-off.
+//! PID-1 duties in the utility VM: base mounts, hostname, loopback, the
+//! network interface, and power-off.
 
 use std::fs;
 use std::path::Path;
@@ -57,6 +57,9 @@ pub fn setup() -> Result<()> {
     crate::sys::sethostname("krypton")?;
     if let Err(e) = crate::sys::loopback_up() {
         log::warn!("{e:#}");
+    }
+    if let Err(e) = crate::net::setup_from_kernel() {
+        log::warn!("network: {e:#}");
     }
     // SAFETY: setting our own environment before any thread is started.
     unsafe { std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin") };

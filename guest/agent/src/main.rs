@@ -10,6 +10,7 @@ mod cgroup;
 mod container;
 mod exec;
 mod init;
+mod net;
 mod reaper;
 mod restore;
 mod rootfs;

@@ -157,7 +157,11 @@ pub fn stage(rootfs: &str) -> Result<()> {
         work.display()
     );
     mount("overlay", &root, "overlay", 0, &opts)?;
-    populate(&root)
+    populate(&root)?;
+    if let Err(e) = crate::net::install_resolv_conf(&root) {
+        log::warn!("resolv.conf: {e:#}");
+    }
+    Ok(())
 }
 
 /// Mounts each virtio-fs share at its target in the current root (the

@@ -12,6 +12,7 @@
 //! ignored with the reason, never as passed.
 
 mod cases;
+mod net_cases;
 mod support;
 
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -50,6 +51,15 @@ const CASES: &[(&str, Case)] = &[
     ),
 ];
 
+/// Opt-in (KRYPTON_E2E_NET=1): not yet run in a guest.
+const NET_CASES: &[(&str, Case)] = &[
+    (
+        "net_passt_outbound_and_published_port",
+        net_cases::passt_outbound_and_published_port,
+    ),
+    ("net_none_has_only_lo", net_cases::none_has_only_lo),
+];
+
 fn main() {
     let args = Arguments::from_args();
     let why = support::unsupported();
@@ -57,13 +67,23 @@ fn main() {
         eprintln!("e2e: every case is IGNORED here: {w}");
     }
     let mut prepared: Option<Result<(), String>> = None;
+    let net = net_cases::enabled();
+    if why.is_none() && !net {
+        eprintln!("e2e: network cases are IGNORED unless KRYPTON_E2E_NET=1");
+    }
     let trials = CASES
         .iter()
-        .map(|&(name, case)| {
+        .map(|&(name, case)| (name, case, why.is_some()))
+        .chain(
+            NET_CASES
+                .iter()
+                .map(|&(name, case)| (name, case, why.is_some() || !net)),
+        )
+        .map(|(name, case, ignored)| {
             Trial::test(name, move || {
                 case().map_err(|e| Failed::from(format!("{e:#}")))
             })
-            .with_ignored_flag(why.is_some())
+            .with_ignored_flag(ignored)
         })
         .collect::<Vec<_>>();
     // Build the default guest once, before the cases run in parallel.

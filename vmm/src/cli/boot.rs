@@ -152,6 +152,8 @@ pub(super) struct PreparedVm {
     pub machine: Machine,
     pub start: VmStart,
     pub vsock: VsockHost,
+    /// The network helper (passt), stopped when dropped after the VM.
+    pub net: Option<Box<dyn std::fmt::Debug + Send>>,
 }
 
 impl PreparedVm {
@@ -189,15 +191,16 @@ pub(super) fn prepare(spec: VmSpec<'_>, restore: Option<Snapshot>) -> Result<Pre
     if let Some(snap) = restore {
         let mut machine =
             Machine::from_snapshot(hv.as_ref(), cfg, &snap).map_err(|e| one_line(&e))?;
-        let vsock = devices::add_all(&mut machine, spec.devices)?;
+        let attached = devices::add_all(&mut machine, spec.devices)?;
         return Ok(PreparedVm {
             machine,
             start: VmStart::Resume(snap.state),
-            vsock,
+            vsock: attached.vsock,
+            net: attached.net,
         });
     }
     let mut machine = Machine::new(hv.as_ref(), cfg).map_err(|e| one_line(&e))?;
-    let vsock = devices::add_all(&mut machine, spec.devices)?;
+    let attached = devices::add_all(&mut machine, spec.devices)?;
     let ram = krypton_boot::layout::ram_regions(spec.mem << 20);
     let mut kcfg = KernelConfig::new(
         ImageSource::File(spec.kernel.to_path_buf()),
@@ -220,7 +223,8 @@ pub(super) fn prepare(spec: VmSpec<'_>, restore: Option<Snapshot>) -> Result<Pre
     Ok(PreparedVm {
         machine,
         start: VmStart::Boot(state),
-        vsock,
+        vsock: attached.vsock,
+        net: attached.net,
     })
 }
 
@@ -266,6 +270,7 @@ fn boot(args: BootArgs) -> Result<Outcome, String> {
     }
     // The vsock host (and its socket) lives until the VM has stopped.
     let _vsock = vm.vsock;
+    let _net = vm.net;
     if args.serial == "stdio" {
         forward_stdin(vm.machine.serial_input());
     }

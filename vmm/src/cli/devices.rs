@@ -5,11 +5,13 @@ use std::path::PathBuf;
 use krypton_devices::virtio::VirtioFs;
 use krypton_devices::virtio::blk::Block;
 use krypton_devices::virtio::fs::TAG_LEN;
+use krypton_devices::virtio::net::Net;
 use krypton_devices::virtio::rng::Rng;
 use krypton_devices::virtio::vsock::{Vsock, VsockHost};
 
 use super::one_line;
 use crate::machine::Machine;
+use crate::net::{NetMode, PortMap, parse_net, parse_publish};
 
 /// Virtio device options.
 #[derive(clap::Args, Debug, Clone)]
@@ -31,6 +33,21 @@ pub struct DeviceArgs {
     /// `mount -t virtiofs TAG /path`). Repeatable; Linux hosts only.
     #[arg(long = "share", value_parser = parse_share)]
     pub shares: Vec<ShareArg>,
+    /// Network.
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+/// Network options shared by `krypton boot` and `krypton run`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct NetArgs {
+    /// Network: none, passt (Linux: starts passt), stream:unix:PATH or
+    /// stream:tcp:HOST:PORT (a QEMU-stream peer: passt, gvproxy -listen-qemu).
+    #[arg(long = "net", value_parser = parse_net, default_value = "none")]
+    pub mode: NetMode,
+    /// Publish a port: HOSTPORT:CONTAINERPORT[/tcp|udp] (repeatable; needs --net passt).
+    #[arg(short = 'p', long = "publish", value_name = "HOSTPORT:CONTAINERPORT[/tcp|udp]", value_parser = parse_publish)]
+    pub publish: Vec<PortMap>,
 }
 
 /// The guest's vsock CID unless `--cid` says otherwise (0-2 are reserved).
@@ -44,6 +61,7 @@ impl Default for DeviceArgs {
             cid: DEFAULT_CID,
             no_rng: false,
             shares: Vec::new(),
+            net: NetArgs::default(),
         }
     }
 }
@@ -160,10 +178,18 @@ fn hybrid_host(
     VsockHost::named_pipe(path.to_string_lossy().into_owned())
 }
 
+/// What must outlive the VM besides the machine.
+#[derive(Debug)]
+pub struct Attached {
+    /// The vsock host side.
+    pub vsock: VsockHost,
+    /// The network backend's helper process (passt), stopped on drop.
+    pub net: Option<Box<dyn std::fmt::Debug + Send>>,
+}
+
 /// Adds every requested device to `machine`: disks first (so the first disk
-/// is vda), then virtio-fs shares, virtio-rng, vsock. Returns the vsock
-/// host side.
-pub fn add_all(machine: &mut Machine, args: &DeviceArgs) -> Result<VsockHost, String> {
+/// is vda), then virtio-fs shares, virtio-rng, vsock, then virtio-net.
+pub fn add_all(machine: &mut Machine, args: &DeviceArgs) -> Result<Attached, String> {
     for d in &args.disks {
         let blk = Block::new(&d.path, d.read_only)
             .map_err(|e| format!("disk {}: {}", d.path.display(), one_line(&e)))?;
@@ -195,7 +221,18 @@ pub fn add_all(machine: &mut Machine, args: &DeviceArgs) -> Result<VsockHost, St
     machine
         .add_virtio_device(Box::new(vsock))
         .map_err(|e| one_line(&e))?;
-    Ok(host)
+    let mut keep = None;
+    if let Some(setup) = crate::net::connect(&args.net.mode, &args.net.publish)? {
+        let net = Net::new(crate::net::guest_mac(), setup.mtu, setup.backend);
+        keep = setup.keep;
+        machine
+            .add_virtio_device(Box::new(net))
+            .map_err(|e| one_line(&e))?;
+    }
+    Ok(Attached {
+        vsock: host,
+        net: keep,
+    })
 }
 
 #[cfg(test)]

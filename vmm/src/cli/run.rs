@@ -92,6 +92,9 @@ pub struct RunArgs {
     /// (virtio-fs served by krypton; GUEST is an absolute path). Repeatable.
     #[arg(short = 'v', long = "volume", value_parser = parse_volume)]
     pub volumes: Vec<Volume>,
+    /// Network (--net, -p).
+    #[command(flatten)]
+    pub net: super::devices::NetArgs,
     /// The command and its arguments.
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<String>,
@@ -289,6 +292,7 @@ fn run_inner(args: RunArgs) -> Result<u8, String> {
                 read_only: v.read_only,
             })
             .collect(),
+        net: args.net.clone(),
         ..DeviceArgs::default()
     };
     let mounts = args
@@ -302,6 +306,11 @@ fn run_inner(args: RunArgs) -> Result<u8, String> {
         })
         .collect();
     let console = ConsoleTail::new(args.console, timeline.clone());
+    // Before --append, so the user's krypton.net= (the last one) wins.
+    if let Some(net) = crate::net::guest_cmdline(&args.net.mode) {
+        cmdline.push(' ');
+        cmdline.push_str(&net);
+    }
     if !args.console {
         cmdline.push_str(" quiet");
     }
@@ -375,6 +384,8 @@ fn run_inner(args: RunArgs) -> Result<u8, String> {
         .build()
         .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
     let vsock = vm.vsock;
+    // passt (if any) is stopped after the VM, when this is dropped.
+    let _net = vm.net;
     let started = Instant::now();
     let result = rt.block_on(async {
         // The guest may answer a connection request slowly (emulated

@@ -54,6 +54,13 @@ pub(super) fn identity_key(spec: &VmSpec<'_>) -> Result<u64, String> {
         h.write(s.tag.as_bytes());
         h.write_u8(u8::from(s.read_only));
     }
+    // The network device by kind (its MTU follows): the backend's socket is
+    // the host's side and is connected again on every start.
+    h.write_u8(match d.net.mode {
+        crate::net::NetMode::None => 0,
+        crate::net::NetMode::Passt => 1,
+        crate::net::NetMode::StreamUnix(_) | crate::net::NetMode::StreamTcp(_) => 2,
+    });
     h.write_u64(d.cid);
     h.write_u8(u8::from(d.no_rng));
     h.write_u8(u8::from(d.vsock_uds.is_some()));

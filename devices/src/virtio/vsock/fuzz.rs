@@ -16,15 +16,15 @@ use crate::GuestMem;
 
 /// Guest CID used by the fuzzer.
 pub const CID: u64 = 3;
-const QSIZE: u16 = 64;
+pub(crate) const QSIZE: u16 = 64;
 const MEM: u64 = 1 << 20;
 const BUF_BASE: u64 = 0x1_0000;
 
 /// A driver-side ring with free-running descriptor slots.
-struct Ring {
-    base: u64,
-    next_desc: u16,
-    avail_idx: u16,
+pub(crate) struct Ring {
+    pub(crate) base: u64,
+    pub(crate) next_desc: u16,
+    pub(crate) avail_idx: u16,
 }
 
 impl Ring {
@@ -32,7 +32,7 @@ impl Ring {
         self.base + 16 * u64::from(i % QSIZE)
     }
 
-    fn queue(&self) -> Queue {
+    pub(crate) fn queue(&self) -> Queue {
         let mut q = Queue::new(QSIZE).unwrap_or_else(|_| unreachable!("valid size"));
         let avail = self.base + 16 * u64::from(QSIZE);
         let used = self.base + 0x800;
@@ -45,7 +45,12 @@ impl Ring {
     }
 
     /// Writes a chain of (addr, len, flags) and makes it available.
-    fn post(&mut self, mem: &GuestMem, descs: &[(u64, u32, u16)], raw_next: Option<u16>) {
+    pub(crate) fn post(
+        &mut self,
+        mem: &GuestMem,
+        descs: &[(u64, u32, u16)],
+        raw_next: Option<u16>,
+    ) {
         if descs.is_empty() {
             return;
         }
@@ -77,18 +82,18 @@ impl Ring {
 }
 
 /// Reads the input front to back.
-struct Input<'a>(&'a [u8]);
+pub(crate) struct Input<'a>(pub(crate) &'a [u8]);
 
 impl Input<'_> {
-    fn byte(&mut self) -> Option<u8> {
+    pub(crate) fn byte(&mut self) -> Option<u8> {
         let (&b, rest) = self.0.split_first()?;
         self.0 = rest;
         Some(b)
     }
-    fn u16(&mut self) -> Option<u16> {
+    pub(crate) fn u16(&mut self) -> Option<u16> {
         Some(u16::from_le_bytes([self.byte()?, self.byte()?]))
     }
-    fn take(&mut self, n: usize) -> &[u8] {
+    pub(crate) fn take(&mut self, n: usize) -> &[u8] {
         let n = n.min(self.0.len());
         let (a, b) = self.0.split_at(n);
         self.0 = b;
