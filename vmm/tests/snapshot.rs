@@ -1,7 +1,7 @@
 //! `krypton boot --snapshot-out` and `--restore` with a test guest that
-//! counts down in registers: a restored VM must finish the count exactly
-//! where the saved one stopped (wrong registers or RIP never reach the
-//! debug exit), and bad snapshots get one line and exit 125.
+//! waits for a byte on COM1: a restored VM must end exactly as the saved
+//! one would have (its registers, RIP and UART restored), twice from one
+//! file, and bad snapshots get one line and exit 125.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -25,19 +25,27 @@ fn tmpdir(name: &str) -> TmpDir {
     TmpDir(d)
 }
 
-/// 32-bit: 20 x 2^28 iterations of `dec ecx; jnz` (seconds of work), then
-/// `out 0xf4, 0x2a; hlt`.
-const COUNTDOWN: &[u8] = &[
-    0xba, 0x14, 0x00, 0x00, 0x00, // mov edx, 20
-    0xb9, 0x00, 0x00, 0x00, 0x10, // outer: mov ecx, 0x10000000
-    0x49, // inner: dec ecx
-    0x75, 0xfd, // jnz inner
-    0x4a, // dec edx
-    0x75, 0xf5, // jnz outer
-    0xb0, 0x2a, // mov al, 0x2a
+/// 64-bit: EBX = 0x11, then poll COM1's line status until a byte arrives,
+/// read it, add BL and write the sum to the debug-exit port. Saved while it
+/// polls, a restored VM exits with (byte + 0x11) only if its registers,
+/// RIP and UART came back.
+const WAIT_FOR_BYTE: &[u8] = &[
+    0xbb, 0x11, 0x00, 0x00, 0x00, // mov ebx, 0x11
+    0x66, 0xba, 0xfd, 0x03, // mov dx, 0x3fd (LSR)
+    0xec, // wait: in al, dx
+    0xa8, 0x01, // test al, 1 (data ready)
+    0x74, 0xfb, // jz wait
+    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8 (RBR)
+    0xec, // in al, dx
+    0x00, 0xd8, // add al, bl
     0xe6, 0xf4, // out 0xf4, al
     0xf4, // hlt
 ];
+
+/// The exit status for input byte `b`: QEMU's debug-exit mapping.
+fn status_for(b: u8) -> i32 {
+    i32::from(((b.wrapping_add(0x11) as u32) << 1 | 1) as u8)
+}
 
 fn kvm_usable() -> bool {
     std::fs::OpenOptions::new()
@@ -48,10 +56,23 @@ fn kvm_usable() -> bool {
 }
 
 fn krypton(args: &[&str]) -> Output {
-    Command::new(BIN)
+    krypton_stdin(args, b"")
+}
+
+/// Runs krypton with `input` on stdin, then EOF.
+fn krypton_stdin(args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
         .args(args)
-        .output()
-        .expect("spawn krypton")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn krypton");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).expect("write stdin");
+    drop(stdin);
+    child.wait_with_output().expect("wait krypton")
 }
 
 fn one_error_line(out: &Output, want: &str) {
@@ -71,12 +92,12 @@ fn path(p: &Path) -> &str {
 
 #[test]
 fn a_restored_guest_finishes_what_the_saved_one_started() {
-    let dir = tmpdir("countdown");
-    let kernel = dir.0.join("countdown.elf");
-    std::fs::write(&kernel, elf64(COUNTDOWN)).expect("kernel");
-    let snap = dir.0.join("countdown.snap");
+    let dir = tmpdir("wait");
+    let kernel = dir.0.join("wait.elf");
+    std::fs::write(&kernel, elf64(WAIT_FOR_BYTE)).expect("kernel");
+    let snap = dir.0.join("wait.snap");
     let (k, s) = (path(&kernel), path(&snap));
-    let base = ["boot", "--kernel", k, "--serial", "none", "--mem", "16"];
+    let base = ["boot", "--kernel", k, "--serial", "stdio", "--mem", "16"];
 
     // Arguments are checked before any hypervisor is needed.
     let missing = dir.0.join("missing.snap");
@@ -93,6 +114,12 @@ fn a_restored_guest_finishes_what_the_saved_one_started() {
         eprintln!("SKIPPED the save/restore half: /dev/kvm is not usable here");
         return;
     }
+    // The guest itself works: a byte on stdin ends it.
+    let mut args = base.to_vec();
+    args.extend(["--timeout", "60"]);
+    let out = krypton_stdin(&args, b"A");
+    assert_eq!(out.status.code(), Some(status_for(b'A')), "cold run");
+
     let mut args = base.to_vec();
     args.extend([
         "--snapshot-out",
@@ -106,7 +133,7 @@ fn a_restored_guest_finishes_what_the_saved_one_started() {
     assert_eq!(
         out.status.code(),
         Some(0),
-        "saving mid-count: {}",
+        "saving while it waits: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let saved = std::fs::read(&snap).expect("snapshot written");
@@ -114,16 +141,18 @@ fn a_restored_guest_finishes_what_the_saved_one_started() {
 
     let mut args = base.to_vec();
     args.extend(["--restore", s, "--timeout", "120"]);
-    let out = krypton(&args);
+    let out = krypton_stdin(&args, b"B");
     assert_eq!(
         out.status.code(),
-        Some((0x2a << 1) | 1),
+        Some(status_for(b'B')),
         "the restored guest must reach its debug exit: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     // The file is untouched by the restored guest's writes (MAP_PRIVATE),
-    // so it restores again.
+    // so it restores again, to another ending.
     assert_eq!(std::fs::read(&snap).expect("reread"), saved);
+    let out = krypton_stdin(&args, b"C");
+    assert_eq!(out.status.code(), Some(status_for(b'C')), "second restore");
 
     // Another VM shape, or a damaged file: refused in one line.
     let args = [

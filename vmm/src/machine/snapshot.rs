@@ -22,7 +22,24 @@ impl Machine {
     ) -> Result<Machine, MachineError> {
         let ranges = layout::ram_regions(cfg.mem_mib << 20);
         let mem = snapshot::map_guest_memory(snap, &ranges)?;
-        Self::with_memory(hv, cfg, Some(mem))
+        let machine = Self::with_memory(hv, cfg, Some(mem))?;
+        // The platform devices now, before the caller can feed COM1 input
+        // that a later restore would drop.
+        let state = &snap.state;
+        if let Some(io) = &state.ioapic {
+            machine
+                .ioapic
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .restore(io);
+        }
+        machine
+            .serial
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .restore(&state.serial)
+            .map_err(|e| MachineError::SnapshotDevices(e.to_string()))?;
+        Ok(machine)
     }
 
     /// When the host requests a snapshot (`GuestExit::HostSnapshot` on the
@@ -67,17 +84,7 @@ impl Machine {
                 source,
             })?;
         }
-        if let Some(io) = &state.ioapic {
-            self.ioapic
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .restore(io);
-        }
-        self.serial
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .restore(&state.serial)
-            .map_err(|e| misfit(e.to_string()))?;
+        // IOAPIC and COM1 were restored by `from_snapshot`.
         for (slot, (t, s)) in self.transports.iter().zip(&state.transports).enumerate() {
             t.lock()
                 .unwrap_or_else(PoisonError::into_inner)
