@@ -192,9 +192,31 @@ fn setup(req: &ExecRequest, staged: Option<Option<&str>>) -> Result<()> {
     Ok(())
 }
 
+/// With the agent at debug level (`-v`), the container init's steps go to
+/// the VM console with the uptime (never to the container's stderr).
+fn trace(what: &str) {
+    static CONSOLE: std::sync::OnceLock<Option<File>> = std::sync::OnceLock::new();
+    let console = CONSOLE.get_or_init(|| {
+        let debug = std::env::var("KRYPTON_LOG")
+            .is_ok_and(|l| l.eq_ignore_ascii_case("debug") || l.eq_ignore_ascii_case("trace"));
+        debug
+            .then(|| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/console")
+                    .ok()
+            })
+            .flatten()
+    });
+    if let Some(mut f) = console.as_ref() {
+        let _ = writeln!(f, "krypton-init: {what} [{}]", crate::init::uptime());
+    }
+}
+
 fn run(out: &mut File) -> Result<i32> {
     // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"krypton-init".as_ptr()) };
+    trace("started");
     // Started ahead of time (config on a socket): prepare what does not
     // depend on the exec while waiting for it.
     let staged = if config_is_socket() {
@@ -202,8 +224,11 @@ fn run(out: &mut File) -> Result<i32> {
     } else {
         None
     };
+    trace("waiting for the exec");
     let req = read_config()?;
+    trace("exec received");
     setup(&req, staged)?;
+    trace("root ready");
     let w = prepare(&req)?;
     // Block everything: the workload unblocks, we take signals with
     // sigwaitinfo and forward them.
@@ -227,8 +252,10 @@ fn run(out: &mut File) -> Result<i32> {
         // SAFETY: closing our stdio; nothing here uses it afterwards.
         unsafe { libc::close(fd) };
     }
+    trace("workload forked");
     let mut failure = String::new();
     let _ = status_r.read_to_string(&mut failure);
+    trace("workload exec'd");
     if let Some((code, msg)) = failure.split_once(' ') {
         report(out, &format!("err {code} {}", one_line(msg)));
     } else {

@@ -155,8 +155,10 @@ pub fn start(
         Some(mut z) => match z.hand_over(&procs, stdio, &config) {
             Ok(()) => Ok((z.spawned, z.exit_rx, z.report)),
             Err(e) => {
+                // It died waiting (or cannot join the cgroup): start one now.
+                log::warn!("the waiting container init failed ({e:#}); starting another");
                 let _ = crate::sys::pidfd_signal(z.spawned.pidfd.as_raw_fd(), libc::SIGKILL);
-                Err(e)
+                spawn_now(stdio, &config, &procs, !agent.pid1)
             }
         },
         None => spawn_now(stdio, &config, &procs, !agent.pid1),
