@@ -144,7 +144,10 @@ fn prestage() -> Result<Option<&'static str>> {
         return Ok(None);
     }
     match crate::rootfs::stage(DEFAULT_ROOTFS) {
-        Ok(()) => Ok(Some(DEFAULT_ROOTFS)),
+        Ok(()) => {
+            crate::rootfs::warm_page_cache();
+            Ok(Some(DEFAULT_ROOTFS))
+        }
         // Not fatal: the exec will say what is wrong with its rootfs.
         Err(_) => {
             let _ = crate::rootfs::unstage();
@@ -220,7 +223,11 @@ fn run(out: &mut File) -> Result<i32> {
     // Started ahead of time (config on a socket): prepare what does not
     // depend on the exec while waiting for it.
     let staged = if config_is_socket() {
-        Some(prestage()?)
+        let staged = prestage()?;
+        // Tell the agent we are about to block: it announces that it
+        // listens (and a template snapshot may be taken) only after this.
+        report(out, "ready");
+        Some(staged)
     } else {
         None
     };

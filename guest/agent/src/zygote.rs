@@ -14,6 +14,7 @@
 //! cloned it.
 
 use std::fs::File;
+use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
@@ -123,11 +124,25 @@ fn spawn_one() -> Result<Zygote> {
         false,
     )?;
     let exit_rx = guard.register(spawned.pid);
+    drop(report_w);
+    // Wait until it has staged the rootfs and blocks on its config, so it
+    // is asleep in the kernel when the agent says it listens.
+    let mut report = report_r;
+    let mut line = [0u8; 6];
+    report
+        .read_exact(&mut line)
+        .context("the container init did not get ready")?;
+    if &line != b"ready\n" {
+        bail!(
+            "the container init said {:?}",
+            String::from_utf8_lossy(&line)
+        );
+    }
     Ok(Zygote {
         spawned,
         exit_rx,
         config: mine,
-        report: report_r,
+        report,
     })
 }
 
@@ -137,10 +152,7 @@ fn spawn_one() -> Result<Zygote> {
 pub fn take() -> Option<Zygote> {
     let k = KEEPER.get()?;
     let z = k.ready.lock().unwrap_or_else(|e| e.into_inner()).take();
-    let Some(z) = z else {
-        refill();
-        return None;
-    };
+    let z = z?;
     match z.exit_rx.try_recv() {
         Err(TryRecvError::Empty) => Some(z),
         _ => {

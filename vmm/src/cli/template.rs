@@ -21,6 +21,10 @@ use crate::snapshot::{Snapshot, SnapshotError};
 /// when a new one is made.
 const KEEP: usize = 4;
 
+/// How long the guest must have been quiet after "listening" before the
+/// template is saved.
+const SETTLE: Duration = Duration::from_millis(300);
+
 /// Builds the VM's spec with the given console.
 pub(super) type SpecFn<'a> = dyn Fn(SerialOut) -> VmSpec<'a> + 'a;
 
@@ -115,7 +119,13 @@ pub(super) fn create(
                 if exit.get().is_some() {
                     return;
                 }
-                if timeline.get("agent listening").is_some() {
+                // Once the agent listens, wait for the console to be quiet
+                // a moment: the agent is then blocked in accept() and the
+                // guest idle, not in the middle of a user process.
+                if let Some(at) = timeline.get("agent listening")
+                    && at.elapsed() >= SETTLE
+                    && watch_console.last_output().elapsed() >= SETTLE
+                {
                     exit.request(GuestExit::HostSnapshot);
                     return;
                 }
