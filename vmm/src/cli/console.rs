@@ -67,6 +67,13 @@ impl ConsoleTail {
             .map(|l| l.trim().to_string())
     }
 
+    /// The last non-empty console line, trimmed.
+    pub fn last_line(&self) -> String {
+        let tail = self.tail_text();
+        let last = tail.lines().rev().find(|l| !l.trim().is_empty());
+        last.unwrap_or("").trim().to_string()
+    }
+
     /// The kept tail, for error reports.
     pub fn tail_text(&self) -> String {
         String::from_utf8_lossy(&self.lock().tail).into_owned()

@@ -472,18 +472,10 @@ fn finish(
             Ok(u8::try_from(e.exit_code()).unwrap_or(status::VMM_ERROR))
         }
         Err(Some(BootWait::NoAgent(msg))) => Err(msg),
-        Err(None) => {
-            let tail = console.tail_text();
-            let last = tail
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("");
-            Err(format!(
-                "the guest stopped before its agent answered ({outcome:?}); last console line: {}",
-                last.trim()
-            ))
-        }
+        Err(None) => Err(format!(
+            "the guest stopped before its agent answered ({outcome:?}); last console line: {}",
+            console.last_line()
+        )),
     }
 }
 

@@ -140,18 +140,10 @@ pub(super) fn create(
     let _vsock = vm.vsock;
     match PreparedVm::run(vm.machine, vm.start, None) {
         Ok(Outcome::Snapshotted) => Ok(()),
-        Ok(other) => {
-            let tail = console.tail_text();
-            let last = tail
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("");
-            Err(format!(
-                "the VM ended ({other:?}) before its agent listened; last console line: {}",
-                last.trim()
-            ))
-        }
+        Ok(other) => Err(format!(
+            "the VM ended ({other:?}) before its agent listened; last console line: {}",
+            console.last_line()
+        )),
         Err(e) => Err(one_line(&e)),
     }
 }
