@@ -124,7 +124,7 @@ pub struct Live {
     pub child: Child,
     lines: mpsc::Receiver<String>,
     pub seen: Vec<String>,
-    err: std::thread::JoinHandle<Vec<u8>>,
+    err: Option<std::thread::JoinHandle<Vec<u8>>>,
 }
 
 impl Live {
@@ -155,7 +155,7 @@ impl Live {
             child,
             lines,
             seen: Vec::new(),
-            err,
+            err: Some(err),
         })
     }
 
@@ -175,7 +175,19 @@ impl Live {
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
-        bail!("no line {want:?} within {within:?}; saw {:?}", self.seen)
+        // Stop krypton so its stderr (why it hangs) can be shown.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let err = self
+            .err
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        bail!(
+            "no line {want:?} within {within:?}; saw {:?}; krypton's stderr: {}",
+            self.seen,
+            String::from_utf8_lossy(&err)
+        )
     }
 
     /// Sends `sig` to the krypton process.
@@ -194,7 +206,11 @@ impl Live {
         while let Ok(l) = self.lines.try_recv() {
             self.seen.push(l);
         }
-        let err = self.err.join().unwrap_or_default();
+        let err = self
+            .err
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
         Ok((st, String::from_utf8_lossy(&err).into_owned()))
     }
 }
