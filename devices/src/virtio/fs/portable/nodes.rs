@@ -138,7 +138,9 @@ impl Portable {
             uid: Some(ctx.uid).filter(|&u| u != 0),
             gid: Some(ctx.gid).filter(|&g| g != 0),
         };
-        // Without room to remember, the node keeps the defaults.
+        // A new node: nothing remembered for an earlier one of that name
+        // survives. Without room to remember, it keeps the defaults.
+        super::lock(&self.state).meta.remove(&rel);
         let _ = self.remember(&rel, meta);
         self.do_lookup(parent, name)
     }

@@ -279,8 +279,14 @@ impl Filesystem for Portable {
             create: true,
             create_new: flags & O_EXCL != 0,
         };
+        // An existing file keeps its mode and owner, as on Linux.
+        let existed = host::kind_of(&full).is_ok();
         let file = host::open_file(&full, a)?;
-        let entry = self.made(ctx, parent, name, mode & !umask)?;
+        let entry = if existed {
+            self.do_lookup(parent, name)?
+        } else {
+            self.made(ctx, parent, name, mode & !umask)?
+        };
         match self.add_handle(entry.inode, Some(file), true) {
             Ok(fh) => Ok((entry, fh, 0)),
             Err(e) => {

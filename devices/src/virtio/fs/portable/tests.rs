@@ -249,6 +249,14 @@ fn file_data_and_metadata_round_trip() {
         (h.attr.mode, h.attr.uid, h.attr.nlink),
         (S_IFREG | 0o755, 0, 1)
     );
+    // CREATE of an existing name opens it; with O_EXCL it fails.
+    let (again, fh, _) = fs
+        .create(CTX, ROOT, b"host.bin", S_IFREG | 0o600, O_RDWR, 0)
+        .expect("create existing");
+    assert_eq!((again.inode, again.attr.mode), (h.inode, S_IFREG | 0o755));
+    fs.release(CTX, h.inode, fh).expect("release");
+    let excl = fs.create(CTX, ROOT, b"host.bin", 0o600, O_RDWR | 0o200, 0);
+    assert_eq!(excl.map(drop), Err(errno::EEXIST));
     let st = fs.statfs(CTX, ROOT).expect("statfs");
     assert!(st.blocks > 0 && st.bsize == 4096, "{st:?}");
     // No xattrs.
@@ -272,6 +280,30 @@ fn directories_readdir_rename_unlink_link() {
         .mkdir(CTX, ROOT, b"dir", S_IFDIR | 0o750, 0o022)
         .expect("mkdir");
     assert_eq!(d.attr.mode, S_IFDIR | 0o750);
+    // Directory times; a user's new directory is its own.
+    let touch = SetAttr {
+        atime: Some(SetTime::At(1_500_000_000, 0)),
+        mtime: Some(SetTime::At(1_600_000_000, 0)),
+        ..SetAttr::default()
+    };
+    let (a, _) = fs.setattr(CTX, d.inode, &touch).expect("dir utimes");
+    assert_eq!(
+        (a.mtime, a.atime, a.size),
+        (1_600_000_000, 1_500_000_000, 4096)
+    );
+    let u = fs.mkdir(USER, ROOT, b"mine", 0o700, 0).expect("user mkdir");
+    assert_eq!(
+        (u.attr.uid, u.attr.gid, u.attr.mode),
+        (1000, 1000, S_IFDIR | 0o700)
+    );
+    fs.rmdir(USER, ROOT, b"mine").expect("rmdir");
+    let again = fs.mkdir(CTX, ROOT, b"mine", 0o755, 0).expect("mkdir again");
+    assert_eq!(
+        (again.attr.uid, again.attr.mode),
+        (0, S_IFDIR | 0o755),
+        "nothing left over"
+    );
+    fs.rmdir(CTX, ROOT, b"mine").expect("rmdir");
     assert_eq!(
         fs.mkdir(CTX, ROOT, b"dir", 0o755, 0).map(drop),
         Err(errno::EEXIST)
