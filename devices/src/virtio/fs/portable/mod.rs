@@ -464,4 +464,6 @@ fn io_err(e: std::io::Error) -> Errno {
 #[cfg(test)]
 mod escape_tests;
 #[cfg(test)]
+mod server_tests;
+#[cfg(test)]
 mod tests;
