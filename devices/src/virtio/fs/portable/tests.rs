@@ -533,3 +533,19 @@ fn tables_are_bounded_and_forget_is_tolerant() {
     assert_eq!((fs.node_count(), fs.handle_count()), (1, 0));
     assert_eq!(fs.getattr(CTX, held[1], None).map(drop), Err(errno::ENOENT));
 }
+
+#[test]
+fn the_share_must_be_an_existing_directory() {
+    let s = Scratch::new();
+    let missing = Portable::new(&s.0.join("missing"), Config::default());
+    assert!(
+        matches!(missing, Err(PortableError::Open { .. })),
+        "{missing:?}"
+    );
+    let file = s.outside().join("secret");
+    let not_dir = Portable::new(&file, Config::default());
+    assert!(
+        matches!(not_dir, Err(PortableError::NotADirectory { .. })),
+        "{not_dir:?}"
+    );
+}
