@@ -134,6 +134,32 @@ pub fn open_for_times(p: &Path, k: Kind) -> FsResult<File> {
     }
 }
 
+/// Unlinks the non-directory `p` of kind `k`, as Linux would: a
+/// directory symlink or junction is removed as a directory, and on
+/// Windows a read-only file loses that attribute first.
+pub fn remove(p: &Path, k: Kind) -> FsResult<()> {
+    let r = std::fs::remove_file(p);
+    #[cfg(windows)]
+    let r = match r {
+        Err(_) if k == Kind::Link => std::fs::remove_dir(p),
+        Err(e) if k == Kind::File && e.kind() == ErrorKind::PermissionDenied => {
+            match std::fs::symlink_metadata(p) {
+                Ok(m) if m.permissions().readonly() && kind(&m) == Kind::File => {
+                    let mut perm = m.permissions();
+                    #[allow(clippy::permissions_set_readonly_false)]
+                    perm.set_readonly(false);
+                    std::fs::set_permissions(p, perm).and_then(|()| std::fs::remove_file(p))
+                }
+                _ => Err(e),
+            }
+        }
+        r => r,
+    };
+    #[cfg(not(windows))]
+    let _ = k;
+    r.map_err(|e| from_io(&e))
+}
+
 /// Reads at `offset`; fewer bytes at the end of the file.
 pub fn read_at(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
     #[cfg(unix)]

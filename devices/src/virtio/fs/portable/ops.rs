@@ -162,14 +162,7 @@ impl Filesystem for Portable {
         if k == Kind::Dir {
             return Err(errno::EISDIR);
         }
-        let r = std::fs::remove_file(&full);
-        // A directory symlink or junction is removed as a directory.
-        #[cfg(windows)]
-        let r = match r {
-            Err(_) if k == Kind::Link => std::fs::remove_dir(&full),
-            r => r,
-        };
-        r.map_err(io_err)?;
+        host::remove(&full, k)?;
         lock(&self.state).detach(&rel);
         Ok(())
     }

@@ -395,6 +395,17 @@ fn directories_readdir_rename_unlink_link() {
     assert!(!s.share().join("b").exists());
     assert_eq!(fs.getattr(CTX, a.inode, None).map(drop), Err(errno::ENOENT));
     assert_eq!(fs.lookup(CTX, ROOT, b"b").map(drop), Err(errno::ENOENT));
+    // A host file marked read-only can be unlinked, as on Linux.
+    std::fs::write(s.share().join("ro"), b"ro").expect("ro");
+    let mut perm = std::fs::metadata(s.share().join("ro"))
+        .expect("ro")
+        .permissions();
+    perm.set_readonly(true);
+    std::fs::set_permissions(s.share().join("ro"), perm).expect("set read-only");
+    let ro = fs.lookup(CTX, ROOT, b"ro").expect("ro");
+    assert_eq!(ro.attr.mode, S_IFREG | 0o555, "no write bits");
+    fs.unlink(CTX, ROOT, b"ro").expect("unlink read-only");
+    assert!(!s.share().join("ro").exists());
     assert_eq!(fs.unlink(CTX, ROOT, b"moved"), Err(errno::EISDIR));
     assert_eq!(fs.rmdir(CTX, ROOT, b"c"), Err(errno::ENOTDIR));
     assert_eq!(fs.rmdir(CTX, ROOT, b"moved"), Err(errno::ENOTEMPTY));
