@@ -30,7 +30,7 @@ pub struct DeviceArgs {
     #[arg(long)]
     pub no_rng: bool,
     /// Host directory as virtio-fs: TAG=DIR or TAG=DIR,ro (the guest runs
-    /// `mount -t virtiofs TAG /path`). Repeatable; Linux hosts only.
+    /// `mount -t virtiofs TAG /path`). Repeatable.
     #[arg(long = "share", value_parser = parse_share)]
     pub shares: Vec<ShareArg>,
     /// Network.
@@ -156,12 +156,16 @@ fn virtio_fs(share: &ShareArg) -> Result<VirtioFs, String> {
     VirtioFs::new(&share.tag, Box::new(fs)).map_err(|e| one_line(&e))
 }
 
+/// Hosts without openat2 serve shares with the portable std::fs backend.
 #[cfg(not(target_os = "linux"))]
 fn virtio_fs(share: &ShareArg) -> Result<VirtioFs, String> {
-    Err(format!(
-        "share {}: virtio-fs shares need a Linux host for now",
-        share.tag
-    ))
+    use krypton_devices::virtio::fs::portable::{Config, Portable};
+    let cfg = Config {
+        read_only: share.read_only,
+        ..Config::default()
+    };
+    let fs = Portable::new(&share.dir, cfg).map_err(|e| one_line(&e))?;
+    VirtioFs::new(&share.tag, Box::new(fs)).map_err(|e| one_line(&e))
 }
 
 #[cfg(unix)]

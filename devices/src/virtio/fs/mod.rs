@@ -10,7 +10,9 @@
 //! mount tag (36 bytes, NUL padded) and the number of request queues.
 //!
 //! Backends: [`passthrough`] (Linux) serves a host directory with O_PATH
-//! handles and `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`.
+//! handles and `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`;
+//! [`portable`] (Windows, also built and tested on Linux) serves one on
+//! `std::fs` with checked single-component names and no link followed.
 
 pub mod abi;
 pub mod filesystem;
@@ -18,6 +20,7 @@ pub mod filesystem;
 pub mod fuzz;
 #[cfg(target_os = "linux")]
 pub mod passthrough;
+pub mod portable;
 pub mod request;
 pub mod server;
 
