@@ -25,6 +25,7 @@ const PACKAGES: &[&str] = &[
     "busybox-static",
     "e2fsprogs",
     "socat",
+    "passt",
     "qemu-system-x86",
     "mingw-w64",
     "wine",
