@@ -60,6 +60,11 @@ impl Zygote {
     }
 }
 
+/// How long the agent waits for the first container init to get ready
+/// (seconds of emulated kernel work on kvm_pvm hosts, milliseconds
+/// elsewhere).
+const FIRST_READY: std::time::Duration = std::time::Duration::from_secs(60);
+
 struct Keeper {
     ready: Mutex<Option<Zygote>>,
     /// Asks the keeper for a new spare.
@@ -93,7 +98,11 @@ pub fn start() {
         });
     match spawned {
         Ok(_) => {
-            let _ = first_rx.recv();
+            // Never hold the agent back for good: a container init that
+            // cannot get ready leaves execs to start their own.
+            if first_rx.recv_timeout(FIRST_READY).is_err() {
+                log::warn!("no container init ready after {FIRST_READY:?}; going on without");
+            }
         }
         Err(e) => log::warn!("no container init kept ready: {e}"),
     }
