@@ -93,7 +93,7 @@ fn exec_true(s: &mut UnixStream, id: u32) -> Result<Duration> {
         ..Default::default()
     };
     let t0 = Instant::now();
-    write_message(s, &Message::Exec(req))?;
+    write_message(s, &Message::Exec(Box::new(req)))?;
     write_message(s, &Message::StdinEof { id })?;
     loop {
         match read_message(s)? {

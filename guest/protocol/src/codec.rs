@@ -1,8 +1,8 @@
 //! Hand-written payload encoding and decoding.
 
 use crate::{
-    ExecRequest, ExitStatus, Limits, MAX_ARGS, MAX_CHUNK, MAX_ENTROPY, MAX_ENV, MAX_FRAME,
-    MAX_MOUNTS, MAX_STRING, Message, Mount, ProtocolError, Stream,
+    ExecRequest, ExitStatus, ImageRoot, Layer, Limits, MAX_ARGS, MAX_CHUNK, MAX_ENTROPY, MAX_ENV,
+    MAX_FRAME, MAX_LAYERS, MAX_MOUNTS, MAX_STRING, MAX_USER, Message, Mount, ProtocolError, Stream,
 };
 
 const T_HELLO: u8 = 0x01;
@@ -109,6 +109,11 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, ProtocolError> {
                 w.str(&m.target)?;
                 w.u8(u8::from(m.read_only));
             }
+            if e.user.len() > MAX_USER {
+                return Err(ProtocolError::TooLarge);
+            }
+            w.str(&e.user)?;
+            encode_image(&mut w, e.image.as_ref())?;
         }
         Message::Stdin { id, data } => {
             w.u8(T_STDIN);
@@ -263,6 +268,61 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// `ImageRoot`: a presence byte, then disk, scratch and the layers.
+fn encode_image(w: &mut Writer, image: Option<&ImageRoot>) -> Result<(), ProtocolError> {
+    let Some(img) = image else {
+        w.u8(0);
+        return Ok(());
+    };
+    img.check().map_err(|_| ProtocolError::TooLarge)?;
+    w.u8(1);
+    w.str(&img.disk)?;
+    w.str(&img.scratch)?;
+    // Bounded by MAX_LAYERS (checked above).
+    w.u32(img.layers.len() as u32);
+    for l in &img.layers {
+        w.u64(l.offset);
+        w.u64(l.size);
+    }
+    Ok(())
+}
+
+fn decode_image(r: &mut Reader<'_>) -> Result<Option<ImageRoot>, ProtocolError> {
+    match r.u8("image")? {
+        0 => return Ok(None),
+        1 => {}
+        value => {
+            return Err(ProtocolError::BadTag {
+                field: "image",
+                value,
+            });
+        }
+    }
+    let disk = r.str("layer disk")?;
+    let scratch = r.str("scratch")?;
+    let count = r.u32("layer count")? as usize;
+    if count > MAX_LAYERS {
+        return Err(ProtocolError::OutOfBounds {
+            field: "layer count",
+            value: count as u64,
+        });
+    }
+    let mut layers = Vec::with_capacity(count);
+    for _ in 0..count {
+        layers.push(Layer {
+            offset: r.u64("layer offset")?,
+            size: r.u64("layer size")?,
+        });
+    }
+    let img = ImageRoot {
+        disk,
+        layers,
+        scratch,
+    };
+    img.check()?;
+    Ok(Some(img))
+}
+
 fn signo(v: i32, field: &'static str) -> Result<i32, ProtocolError> {
     if (1..=64).contains(&v) {
         Ok(v)
@@ -358,7 +418,15 @@ pub fn decode(body: &[u8]) -> Result<Message, ProtocolError> {
                 m.check()?;
                 mounts.push(m);
             }
-            Message::Exec(ExecRequest {
+            let user = r.str("user")?;
+            if user.len() > MAX_USER {
+                return Err(ProtocolError::OutOfBounds {
+                    field: "user",
+                    value: user.len() as u64,
+                });
+            }
+            let image = decode_image(&mut r)?;
+            Message::Exec(Box::new(ExecRequest {
                 id,
                 argv,
                 env,
@@ -372,7 +440,9 @@ pub fn decode(body: &[u8]) -> Result<Message, ProtocolError> {
                 hostname,
                 limits,
                 mounts,
-            })
+                user,
+                image,
+            }))
         }
         T_STDIN => Message::Stdin {
             id: r.u32("id")?,

@@ -32,7 +32,7 @@ pub use codec::{decode, encode};
 pub use io::{FrameReader, read_message, write_message};
 
 /// Protocol version carried in [`Message::Hello`].
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Largest frame (type byte + payload), in bytes.
 pub const MAX_FRAME: usize = 1 << 20;
 /// Largest data chunk in `Stdin`/`Output` messages.
@@ -49,6 +49,11 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 pub const MAX_MOUNTS: usize = 32;
 /// Longest virtio-fs mount tag.
 pub const MAX_TAG: usize = 36;
+/// Most image layers in one root (overlayfs stacks at most 500; OCI
+/// images are limited to 127 by docker).
+pub const MAX_LAYERS: usize = 256;
+/// Longest `ExecRequest::user`.
+pub const MAX_USER: usize = 256;
 
 /// Capability bits exchanged in the hello.
 pub mod caps {
@@ -66,6 +71,10 @@ pub mod caps {
     pub const RESTORE: u64 = 1 << 5;
     /// virtio-fs shares mounted into containers (`ExecRequest::mounts`).
     pub const MOUNTS: u64 = 1 << 6;
+    /// Roots stacked from image layers (`ExecRequest::image`).
+    pub const LAYERS: u64 = 1 << 7;
+    /// User names resolved in the container (`ExecRequest::user`).
+    pub const USERS: u64 = 1 << 8;
 }
 
 /// Most entropy bytes in one `Restored`.
@@ -169,6 +178,57 @@ pub struct ExecRequest {
     pub limits: Limits,
     /// Host directories (virtio-fs shares) mounted into the container.
     pub mounts: Vec<Mount>,
+    /// The user as docker's `--user` takes it: `NAME|UID[:GROUP|GID]`,
+    /// resolved through the container's own /etc/passwd and /etc/group
+    /// (supplementary groups and HOME too). Empty: `uid` and `gid`.
+    pub user: String,
+    /// Root stacked from image layers (replaces `rootfs`).
+    pub image: Option<ImageRoot>,
+}
+
+/// A container root made of read-only filesystem images (EROFS) packed
+/// into one disk, stacked with overlayfs under a writable upper layer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageRoot {
+    /// The disk holding the layers (a block device such as `/dev/vdb`).
+    pub disk: String,
+    /// The layers, bottom first.
+    pub layers: Vec<Layer>,
+    /// A block device for the upper layer (formatted by the agent);
+    /// empty: tmpfs.
+    pub scratch: String,
+}
+
+/// Where one layer lies on [`ImageRoot::disk`], in bytes (4 KiB aligned).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Layer {
+    /// Offset on the disk.
+    pub offset: u64,
+    /// Length of the image.
+    pub size: u64,
+}
+
+impl ImageRoot {
+    /// Checks the counts and that every layer is 4 KiB aligned and
+    /// nonempty.
+    pub fn check(&self) -> Result<(), ProtocolError> {
+        let bad = |field: &'static str, value: u64| ProtocolError::OutOfBounds { field, value };
+        if self.layers.is_empty() || self.layers.len() > MAX_LAYERS {
+            return Err(bad("layer count", self.layers.len() as u64));
+        }
+        if !self.disk.starts_with('/') {
+            return Err(bad("layer disk", self.disk.len() as u64));
+        }
+        for l in &self.layers {
+            if l.size == 0
+                || (l.offset | l.size) & 4095 != 0
+                || l.offset.checked_add(l.size).is_none()
+            {
+                return Err(bad("layer", l.offset));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A virtio-fs share mounted into the container.
@@ -230,7 +290,7 @@ pub enum Message {
         caps: u64,
     },
     /// Host → agent: start a process.
-    Exec(ExecRequest),
+    Exec(Box<ExecRequest>),
     /// Host → agent: bytes for the process's stdin.
     Stdin {
         /// Exec id.

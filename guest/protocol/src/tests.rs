@@ -32,6 +32,21 @@ fn sample_exec() -> ExecRequest {
                 read_only: true,
             },
         ],
+        user: "app:staff".into(),
+        image: Some(ImageRoot {
+            disk: "/dev/vdb".into(),
+            layers: vec![
+                Layer {
+                    offset: 1 << 20,
+                    size: 8192,
+                },
+                Layer {
+                    offset: (1 << 20) + 8192,
+                    size: 1 << 30,
+                },
+            ],
+            scratch: String::new(),
+        }),
     }
 }
 
@@ -41,11 +56,11 @@ fn all_messages() -> Vec<Message> {
             version: PROTOCOL_VERSION,
             caps: caps::TTY | caps::CGROUPS,
         },
-        Message::Exec(sample_exec()),
-        Message::Exec(ExecRequest {
+        Message::Exec(Box::new(sample_exec())),
+        Message::Exec(Box::new(ExecRequest {
             argv: vec!["true".into()],
             ..Default::default()
-        }),
+        })),
         Message::Stdin {
             id: 1,
             data: vec![1, 2, 3],
@@ -218,7 +233,7 @@ fn oversized_fields_rejected() {
         ..Default::default()
     };
     assert!(matches!(
-        encode(&Message::Exec(huge)),
+        encode(&Message::Exec(Box::new(huge))),
         Err(ProtocolError::TooLarge)
     ));
 }
@@ -239,9 +254,9 @@ fn invalid_strings_rejected() {
         argv: vec!["a\0b".into()],
         ..Default::default()
     };
-    assert!(encode(&Message::Exec(exec)).is_err());
+    assert!(encode(&Message::Exec(Box::new(exec))).is_err());
     assert!(
-        encode(&Message::Exec(ExecRequest::default())).is_err(),
+        encode(&Message::Exec(Box::default())).is_err(),
         "empty argv"
     );
 }
@@ -265,7 +280,10 @@ fn bad_mounts_rejected() {
             }],
             ..Default::default()
         };
-        assert!(encode(&Message::Exec(exec)).is_err(), "{tag:?} {target:?}");
+        assert!(
+            encode(&Message::Exec(Box::new(exec))).is_err(),
+            "{tag:?} {target:?}"
+        );
     }
     // A hostile frame: too many mounts, a bad read-only byte, a bad target.
     let ok = ExecRequest {
@@ -277,9 +295,13 @@ fn bad_mounts_rejected() {
         }],
         ..Default::default()
     };
-    let frame = encode(&Message::Exec(ok.clone())).expect("encode");
-    assert_eq!(decode(&frame[4..]).expect("decode"), Message::Exec(ok));
-    let n = frame.len();
+    let frame = encode(&Message::Exec(Box::new(ok.clone()))).expect("encode");
+    assert_eq!(
+        decode(&frame[4..]).expect("decode"),
+        Message::Exec(Box::new(ok))
+    );
+    // The mounts end 5 bytes before the frame does (empty user, no image).
+    let n = frame.len() - 5;
     let mut bad = frame.clone();
     bad[n - 1] = 2;
     assert!(decode(&bad[4..]).is_err(), "ro byte 2");
@@ -290,6 +312,61 @@ fn bad_mounts_rejected() {
     let mut bad = frame;
     bad[n - 16] = 33;
     assert!(decode(&bad[4..]).is_err(), "33 mounts");
+}
+
+#[test]
+fn bad_image_roots_rejected() {
+    let layer = |offset, size| Layer { offset, size };
+    for layers in [
+        vec![],
+        vec![layer(4096, 0)],
+        vec![layer(4097, 4096)],
+        vec![layer(4096, 4095)],
+        vec![layer(u64::MAX - 4095, 8192)],
+        vec![layer(4096, 4096); MAX_LAYERS + 1],
+    ] {
+        let exec = ExecRequest {
+            argv: vec!["true".into()],
+            image: Some(ImageRoot {
+                disk: "/dev/vdb".into(),
+                layers: layers.clone(),
+                scratch: String::new(),
+            }),
+            ..Default::default()
+        };
+        assert!(
+            encode(&Message::Exec(Box::new(exec))).is_err(),
+            "{}",
+            layers.len()
+        );
+    }
+    // A hostile frame: the layer count beyond the bound, an unaligned size.
+    let ok = ExecRequest {
+        argv: vec!["true".into()],
+        image: Some(ImageRoot {
+            disk: "/dev/vdb".into(),
+            layers: vec![layer(4096, 4096)],
+            scratch: String::new(),
+        }),
+        ..Default::default()
+    };
+    let frame = encode(&Message::Exec(Box::new(ok.clone()))).expect("encode");
+    assert_eq!(
+        decode(&frame[4..]).expect("decode"),
+        Message::Exec(Box::new(ok))
+    );
+    let n = frame.len();
+    let mut bad = frame.clone();
+    bad[n - 8] = 1; // size 4096 + 1
+    assert!(decode(&bad[4..]).is_err(), "unaligned size");
+    let mut bad = frame.clone();
+    bad[n - 20..n - 16].copy_from_slice(&(MAX_LAYERS as u32 + 1).to_le_bytes());
+    assert!(decode(&bad[4..]).is_err(), "too many layers");
+    let mut bad = frame;
+    // "/dev/vdb" is the 8 bytes before scratch (4), count (4), layer (16).
+    assert_eq!(&bad[n - 32..n - 24], b"/dev/vdb");
+    bad[n - 32] = b'x';
+    assert!(decode(&bad[4..]).is_err(), "relative disk path");
 }
 
 #[test]
