@@ -246,7 +246,12 @@ fn main() {
         .write(true)
         .open(&tmp.0)
         .expect("open");
-    let disk = Disk::new(inline_file, FILE_SIZE / 512, false, [0; 20]);
+    let disk = Disk::new(
+        krypton_devices::virtio::blk::backing::Backing::File(inline_file),
+        FILE_SIZE / 512,
+        false,
+        [0; 20],
+    );
     let mut inline_ring = Ring::new(&mem, 0x6_0000, QUEUE_SIZE);
     let mut queue = Queue::new(QUEUE_SIZE).expect("queue");
     queue.set_size(QUEUE_SIZE);

@@ -10,6 +10,7 @@
 //! Writable images take an exclusive advisory lock and read-only images a
 //! shared one, so two VMs cannot open one image for writing.
 
+pub mod backing;
 pub mod request;
 
 use std::fs::{File, OpenOptions, TryLockError};
@@ -24,6 +25,7 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 
 use super::worker::{Worker, spawn_single_queue};
 use super::{ActivateContext, ActivateError, VirtioDevice};
+use backing::{Backing, Placed};
 use request::Disk;
 
 /// Virtio device ID of a block device.
@@ -36,6 +38,14 @@ pub const QUEUE_SIZE: u16 = 256;
 pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// Length of the configuration space we expose (through `writeback`).
 const CONFIG_LEN: usize = 64;
+/// Size of a layer disk ([`Block::layers`]): fixed, so that a VM saved
+/// with no layers on it (a template snapshot) fits every image.
+pub const LAYER_DISK_BYTES: u64 = 1 << 40;
+/// Where the first layer starts: the first MiB stays zero, as the guest
+/// may have read it (partition scan) before any layer was there.
+pub const LAYER_DISK_BASE: u64 = 1 << 20;
+/// Alignment of layers on the layer disk.
+pub const LAYER_ALIGN: u64 = 4096;
 
 /// Errors opening a disk image.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +74,9 @@ pub enum BlkError {
         #[source]
         source: std::io::Error,
     },
+    /// The layers do not fit on the layer disk.
+    #[error("the image layers need {0} bytes, more than a layer disk holds")]
+    LayersTooLarge(u64),
     /// The image is not a regular file of at least one sector.
     #[error("disk image {} is not a regular file of at least 512 bytes", path.display())]
     NotAnImage {
@@ -109,12 +122,52 @@ impl Block {
         }
         let capacity = meta.len() / SECTOR_SIZE;
         let id = disk_id(path, &meta);
-        let disk = Disk::new(file, capacity, read_only, id);
+        let disk = Disk::new(Backing::File(file), capacity, read_only, id);
         Ok(Block {
             config: build_config(capacity),
             disk: Arc::new(disk),
             worker: None,
         })
+    }
+
+    /// A read-only disk of [`LAYER_DISK_BYTES`] with `files` placed one
+    /// after another from [`LAYER_DISK_BASE`], each at a [`LAYER_ALIGN`]
+    /// boundary; the rest reads as zeros. Returns the device and each
+    /// file's offset and length rounded up to [`LAYER_ALIGN`].
+    pub fn layers(files: &[PathBuf]) -> Result<(Block, Vec<(u64, u64)>), BlkError> {
+        let mut opened = Vec::with_capacity(files.len());
+        for path in files {
+            let open_err = |source| BlkError::Open {
+                path: path.clone(),
+                source,
+            };
+            let file = File::open(path).map_err(open_err)?;
+            let meta = file.metadata().map_err(open_err)?;
+            if !meta.is_file() || meta.len() == 0 {
+                return Err(BlkError::NotAnImage { path: path.clone() });
+            }
+            lock(&file, true, path)?;
+            opened.push((file, meta.len()));
+        }
+        let lens: Vec<u64> = opened.iter().map(|f| f.1).collect();
+        let placed = layer_placements(&lens)?;
+        let parts = opened
+            .into_iter()
+            .zip(&placed)
+            .map(|((file, len), &(start, _))| Placed { start, len, file })
+            .collect();
+        let capacity = LAYER_DISK_BYTES / SECTOR_SIZE;
+        let mut id = [0u8; 20];
+        id[..8].copy_from_slice(b"krlayers");
+        let disk = Disk::new(Backing::Placed(parts), capacity, true, id);
+        Ok((
+            Block {
+                config: build_config(capacity),
+                disk: Arc::new(disk),
+                worker: None,
+            },
+            placed,
+        ))
     }
 
     /// Capacity in 512-byte sectors.
@@ -126,6 +179,26 @@ impl Block {
     pub fn id(&self) -> [u8; 20] {
         self.disk.id()
     }
+}
+
+/// Where [`Block::layers`] puts files of these lengths: (offset, length
+/// rounded up to [`LAYER_ALIGN`]) each, one after another from
+/// [`LAYER_DISK_BASE`].
+pub fn layer_placements(lens: &[u64]) -> Result<Vec<(u64, u64)>, BlkError> {
+    let mut at = LAYER_DISK_BASE;
+    let mut out = Vec::with_capacity(lens.len());
+    for &len in lens {
+        let span = len
+            .checked_next_multiple_of(LAYER_ALIGN)
+            .ok_or(BlkError::LayersTooLarge(u64::MAX))?;
+        let end = at
+            .checked_add(span)
+            .filter(|&e| e <= LAYER_DISK_BYTES)
+            .ok_or(BlkError::LayersTooLarge(at.saturating_add(span)))?;
+        out.push((at, span));
+        at = end;
+    }
+    Ok(out)
 }
 
 /// Takes the advisory lock: shared for read-only, exclusive otherwise.

@@ -19,6 +19,7 @@ use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::SECTOR_SIZE;
+use super::backing::Backing;
 use crate::GuestMem;
 use crate::warn_ratelimited;
 
@@ -30,7 +31,7 @@ pub const MAX_SEGMENTS: usize = 1024;
 /// The open image and what requests need to know about it.
 #[derive(Debug)]
 pub struct Disk {
-    file: File,
+    backing: Backing,
     capacity: u64,
     read_only: bool,
     id: [u8; 20],
@@ -64,9 +65,9 @@ enum RequestError {
 
 impl Disk {
     /// Wraps an already opened and locked image of `capacity` sectors.
-    pub fn new(file: File, capacity: u64, read_only: bool, id: [u8; 20]) -> Disk {
+    pub fn new(backing: Backing, capacity: u64, read_only: bool, id: [u8; 20]) -> Disk {
         Disk {
-            file,
+            backing,
             capacity,
             read_only,
             id,
@@ -198,7 +199,7 @@ impl Disk {
                 Ok(0)
             }
             VIRTIO_BLK_T_FLUSH => {
-                self.file.sync_data().map_err(RequestError::Io)?;
+                self.backing.sync_data().map_err(RequestError::Io)?;
                 Ok(0)
             }
             VIRTIO_BLK_T_GET_ID => {
@@ -239,7 +240,9 @@ impl Disk {
                 // at worst it races with its own buffer and reads torn data;
                 // u8 has no invalid values.
                 let buf = unsafe { std::slice::from_raw_parts_mut(guard.as_ptr(), slice.len()) };
-                read_exact_at(&self.file, buf, offset).map_err(RequestError::Io)?;
+                self.backing
+                    .read_exact_at(buf, offset)
+                    .map_err(RequestError::Io)?;
                 offset += slice.len() as u64;
             }
         }
@@ -262,7 +265,9 @@ impl Disk {
                 let guard = slice.ptr_guard();
                 // SAFETY: as in `read_to_guest`; here the memory is only read.
                 let buf = unsafe { std::slice::from_raw_parts(guard.as_ptr(), slice.len()) };
-                write_all_at(&self.file, buf, offset).map_err(RequestError::Io)?;
+                self.backing
+                    .write_all_at(buf, offset)
+                    .map_err(RequestError::Io)?;
                 offset += slice.len() as u64;
             }
         }

@@ -467,3 +467,67 @@ fn bad_images_are_rejected() {
         Err(BlkError::NotAnImage { .. })
     ));
 }
+
+#[test]
+fn layer_disk_shows_each_file_at_its_place_and_zeros_elsewhere() {
+    let a = TempImage::new(3); // 1536 bytes: its span is rounded to 4 KiB
+    let b = TempImage::new(16);
+    let (block, placed) = Block::layers(&[a.0.clone(), b.0.clone()]).expect("layers");
+    assert_eq!(
+        placed,
+        vec![(LAYER_DISK_BASE, 4096), (LAYER_DISK_BASE + 4096, 8192)]
+    );
+    assert_eq!(block.capacity(), LAYER_DISK_BYTES / SECTOR_SIZE);
+    assert_ne!(block.device_features() & (1 << VIRTIO_BLK_F_RO), 0);
+    let (mut d, mem, irq) = driver_for(Box::new(block));
+    let ring = Ring::new(&mem, 0x10000, QUEUE_SIZE);
+    bring_up(&mut d, &ring);
+    let mut h = Harness {
+        d,
+        mem,
+        irq,
+        ring,
+        img: TempImage::new(1),
+        id: [0; 20],
+    };
+    // All of a's span and the first sector of b.
+    let (_, st) = h.simple(VIRTIO_BLK_T_IN, LAYER_DISK_BASE / SECTOR_SIZE, 4608);
+    assert_eq!(st, OK as u8);
+    let got = h.data(4608);
+    let want_a: Vec<u8> = (0..1536).map(pattern).collect();
+    assert_eq!(&got[..1536], &want_a[..]);
+    assert!(
+        got[1536..4096].iter().all(|&x| x == 0),
+        "padding reads as zeros"
+    );
+    let want_b: Vec<u8> = (0..512).map(pattern).collect();
+    assert_eq!(&got[4096..], &want_b[..]);
+    // Before the first layer and far past the last: zeros.
+    for sector in [0, LAYER_DISK_BYTES / SECTOR_SIZE - 8] {
+        let (_, st) = h.simple(VIRTIO_BLK_T_IN, sector, 4096);
+        assert_eq!(st, OK as u8);
+        assert!(h.data(4096).iter().all(|&x| x == 0));
+    }
+    let (_, st) = h.simple(VIRTIO_BLK_T_OUT, LAYER_DISK_BASE / SECTOR_SIZE, 512);
+    assert_eq!(st, IOERR as u8, "read-only");
+    let (_, st) = h.simple(VIRTIO_BLK_T_IN, LAYER_DISK_BYTES / SECTOR_SIZE, 512);
+    assert_eq!(st, IOERR as u8, "past the end");
+}
+
+#[test]
+fn layer_placements_are_bounded() {
+    assert_eq!(layer_placements(&[]).expect("none"), vec![]);
+    assert!(matches!(
+        layer_placements(&[LAYER_DISK_BYTES]),
+        Err(BlkError::LayersTooLarge(_))
+    ));
+    assert!(layer_placements(&[u64::MAX]).is_err());
+    let max = LAYER_DISK_BYTES - LAYER_DISK_BASE;
+    assert_eq!(layer_placements(&[max]).expect("fits").len(), 1);
+    assert!(layer_placements(&[max, 1]).is_err());
+    let empty = TempImage::new(0);
+    assert!(matches!(
+        Block::layers(std::slice::from_ref(&empty.0)),
+        Err(BlkError::NotAnImage { .. })
+    ));
+}
