@@ -422,7 +422,7 @@ fn exec_mounts_reach_the_container_setup() {
         }],
         ..Default::default()
     };
-    write_message(&mut s, &Message::Exec(exec)).expect("exec");
+    write_message(&mut s, &Message::Exec(Box::new(exec))).expect("exec");
     write_message(&mut s, &Message::StdinEof { id: 5 }).expect("eof");
     loop {
         match read_message(&mut s).expect("answer") {

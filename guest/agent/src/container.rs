@@ -69,7 +69,7 @@ fn read_config() -> Result<ExecRequest> {
     }
     f.read_to_end(&mut buf).context("read config")?;
     match krypton_protocol::read_message(&mut buf.as_slice()).context("decode config")? {
-        Message::Exec(e) => Ok(e),
+        Message::Exec(e) => Ok(*e),
         other => bail!("unexpected config {other:?}"),
     }
 }
@@ -95,12 +95,26 @@ struct Workload {
     cwd: CString,
     uid: u32,
     gid: u32,
+    groups: Vec<libc::gid_t>,
     tty: bool,
 }
 
 fn prepare(req: &ExecRequest) -> Result<Workload> {
+    let id = if req.user.is_empty() {
+        crate::users::Identity {
+            uid: req.uid,
+            gid: req.gid,
+            groups: Vec::new(),
+            home: String::new(),
+        }
+    } else {
+        crate::users::resolve(std::path::Path::new("/"), &req.user)?
+    };
     let argv = req.argv.iter().map(cstr).collect::<Result<Vec<_>>>()?;
-    let env = req.env.iter().map(cstr).collect::<Result<Vec<_>>>()?;
+    let mut env = req.env.iter().map(cstr).collect::<Result<Vec<_>>>()?;
+    if !id.home.is_empty() && !req.env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(cstr(format!("HOME={}", id.home))?);
+    }
     let prog = &req.argv[0];
     let candidates = if prog.contains('/') {
         vec![cstr(prog)?]
@@ -121,8 +135,9 @@ fn prepare(req: &ExecRequest) -> Result<Workload> {
         argv,
         env,
         cwd,
-        uid: req.uid,
-        gid: req.gid,
+        uid: id.uid,
+        gid: id.gid,
+        groups: id.groups,
         tty: req.tty,
     })
 }
@@ -165,7 +180,7 @@ fn setup(req: &ExecRequest, staged: Option<Option<&str>>) -> Result<()> {
             None
         }
     };
-    if staged.is_some() && staged != Some(req.rootfs.as_str()) {
+    if staged.is_some() && (req.image.is_some() || staged != Some(req.rootfs.as_str())) {
         crate::rootfs::unstage()?;
     }
     let host = if req.hostname.is_empty() {
@@ -177,7 +192,10 @@ fn setup(req: &ExecRequest, staged: Option<Option<&str>>) -> Result<()> {
     if let Err(e) = crate::sys::loopback_up() {
         log::warn!("{e:#}");
     }
-    if req.rootfs.is_empty() {
+    if let Some(img) = &req.image {
+        crate::layers::stage_image(img)?;
+        crate::rootfs::pivot_staged()?;
+    } else if req.rootfs.is_empty() {
         // Keep the agent's root, but show only this pid namespace.
         mount(
             "proc",
@@ -326,7 +344,7 @@ fn exec_workload(w: &Workload, mut status: File) -> ! {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        if libc::setgroups(0, std::ptr::null()) < 0
+        if libc::setgroups(w.groups.len(), w.groups.as_ptr()) < 0
             || libc::setgid(w.gid) < 0
             || libc::setuid(w.uid) < 0
         {

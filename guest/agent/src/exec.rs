@@ -140,7 +140,7 @@ pub fn start(
             None,
         )
     };
-    let config = krypton_protocol::encode(&Message::Exec(req.clone()))?;
+    let config = krypton_protocol::encode(&Message::Exec(Box::new(req.clone())))?;
     let stdio = [
         child_io[0].as_raw_fd(),
         child_io[1].as_raw_fd(),

@@ -10,6 +10,8 @@ mod cgroup;
 mod container;
 mod exec;
 mod init;
+mod layers;
+mod loopdev;
 mod net;
 mod reaper;
 mod restore;
@@ -18,6 +20,7 @@ mod session;
 mod spawn;
 mod sys;
 mod transport;
+mod users;
 mod zygote;
 
 use std::path::PathBuf;
@@ -38,7 +41,7 @@ pub struct Agent {
 
 impl Agent {
     fn caps(&self) -> u64 {
-        let mut c = caps::NAMESPACES | caps::TTY | caps::ROOTFS;
+        let mut c = caps::NAMESPACES | caps::TTY | caps::ROOTFS | caps::LAYERS | caps::USERS;
         if self.cgroups.usable() {
             c |= caps::CGROUPS;
         }

@@ -2,8 +2,7 @@
 //! a loop device) mounted read-only, an overlay with a tmpfs upper layer,
 //! minimal /dev, /proc, /sys, /tmp, then `pivot_root`.
 
-use std::fs::{self, File, OpenOptions};
-use std::os::fd::AsRawFd;
+use std::fs::{self, File};
 use std::os::unix::fs::{FileTypeExt, symlink};
 use std::path::Path;
 
@@ -12,88 +11,10 @@ use krypton_protocol::Mount;
 
 use crate::sys::{check, mount, umount2};
 
-const LOOP_SET_FD: libc::c_ulong = 0x4C00;
-const LOOP_SET_STATUS64: libc::c_ulong = 0x4C04;
-const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
-const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
-const LO_FLAGS_READ_ONLY: u32 = 1;
-const LO_FLAGS_AUTOCLEAR: u32 = 4;
+/// Where [`stage`] builds the root.
+pub(crate) const STAGE: &str = "/tmp";
 
-#[repr(C)]
-struct LoopInfo64 {
-    device: u64,
-    inode: u64,
-    rdevice: u64,
-    offset: u64,
-    sizelimit: u64,
-    number: u32,
-    encrypt_type: u32,
-    encrypt_key_size: u32,
-    flags: u32,
-    file_name: [u8; 64],
-    crypt_name: [u8; 64],
-    encrypt_key: [u8; 32],
-    init: [u64; 2],
-}
-
-#[repr(C)]
-struct LoopConfig {
-    fd: u32,
-    block_size: u32,
-    info: LoopInfo64,
-    reserved: [u64; 8],
-}
-
-/// Attaches `image` to a free loop device (read-only, auto-clearing on
-/// last close/unmount) and returns the device path and an open handle:
-/// the handle must stay open until the device is mounted, or autoclear
-/// detaches it at once.
-fn attach_loop(image: &Path) -> Result<(String, File)> {
-    let backing = File::open(image).with_context(|| format!("open {}", image.display()))?;
-    let ctl = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/loop-control")
-        .context("open /dev/loop-control")?;
-    for _ in 0..16 {
-        // SAFETY: LOOP_CTL_GET_FREE takes no argument.
-        let n = check(unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE) })
-            .context("LOOP_CTL_GET_FREE")?;
-        let path = format!("/dev/loop{n}");
-        let dev = File::open(&path).with_context(|| format!("open {path}"))?;
-        // SAFETY: all-zero is a valid LoopConfig.
-        let mut cfg: LoopConfig = unsafe { std::mem::zeroed() };
-        cfg.fd = backing.as_raw_fd() as u32;
-        cfg.info.flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR;
-        // SAFETY: cfg is a valid loop_config for LOOP_CONFIGURE.
-        let r = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE, &cfg) };
-        if r == 0 {
-            return Ok((path, dev));
-        }
-        let err = std::io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EBUSY) => continue, // raced with another user
-            Some(libc::EINVAL) | Some(libc::ENOTTY) => {
-                // Kernel before 5.8: LOOP_SET_FD + LOOP_SET_STATUS64.
-                // SAFETY: LOOP_SET_FD takes the backing fd.
-                if unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_SET_FD, backing.as_raw_fd()) } < 0 {
-                    if std::io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY) {
-                        continue;
-                    }
-                    bail!("LOOP_SET_FD {path}: {}", std::io::Error::last_os_error());
-                }
-                // SAFETY: cfg.info is a valid loop_info64.
-                check(unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_SET_STATUS64, &cfg.info) })
-                    .context("LOOP_SET_STATUS64")?;
-                return Ok((path, dev));
-            }
-            _ => bail!("LOOP_CONFIGURE {path}: {err}"),
-        }
-    }
-    bail!("no free loop device")
-}
-
-fn mkdir(p: &Path) -> Result<()> {
+pub(crate) fn mkdir(p: &Path) -> Result<()> {
     fs::create_dir_all(p).with_context(|| format!("mkdir {}", p.display()))
 }
 
@@ -103,9 +24,6 @@ pub fn enter(rootfs: &str) -> Result<()> {
     stage(rootfs)?;
     pivot_staged()
 }
-
-/// Where [`stage`] builds the root.
-const STAGE: &str = "/tmp";
 
 /// Pivots into the root [`stage`] built.
 pub fn pivot_staged() -> Result<()> {
@@ -143,11 +61,21 @@ pub fn stage(rootfs: &str) -> Result<()> {
     let (device, _loop_handle) = if meta.file_type().is_block_device() {
         (rootfs.to_owned(), None)
     } else if meta.is_file() {
-        let (path, handle) = attach_loop(src)?;
+        let backing = File::open(src).with_context(|| format!("open {rootfs}"))?;
+        let (path, handle) = crate::loopdev::attach(&backing, 0, 0)?;
         (path, Some(handle))
     } else {
         bail!("rootfs {rootfs} is neither a block device nor an image file");
     };
+    let stage = stage_tmpfs()?;
+    let lower = stage.join("lower");
+    mkdir(&lower)?;
+    mount(&device, &lower, "ext4", libc::MS_RDONLY, "")?;
+    overlay(&[lower])
+}
+
+/// A private tmpfs at [`STAGE`] for the root's parts.
+pub(crate) fn stage_tmpfs() -> Result<&'static Path> {
     let stage = Path::new(STAGE);
     mount(
         "krypton-stage",
@@ -156,19 +84,21 @@ pub fn stage(rootfs: &str) -> Result<()> {
         libc::MS_NOSUID | libc::MS_NODEV,
         "mode=0700",
     )?;
-    let (lower, upper, work, root) = (
-        stage.join("lower"),
-        stage.join("upper"),
-        stage.join("work"),
-        stage.join("root"),
-    );
-    for d in [&lower, &upper, &work, &root] {
+    Ok(stage)
+}
+
+/// The overlay of `lower` (topmost first) under a tmpfs upper layer at
+/// `STAGE/root`, with /proc, /dev, /sys, /tmp and resolv.conf in it.
+pub(crate) fn overlay(lower: &[std::path::PathBuf]) -> Result<()> {
+    let stage = Path::new(STAGE);
+    let (upper, work, root) = (stage.join("upper"), stage.join("work"), stage.join("root"));
+    for d in [&upper, &work, &root] {
         mkdir(d)?;
     }
-    mount(&device, &lower, "ext4", libc::MS_RDONLY, "")?;
+    let lowers: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
-        lower.display(),
+        lowers.join(":"),
         upper.display(),
         work.display()
     );

@@ -101,7 +101,7 @@ fn dispatch(
                 };
                 // Hold the map lock so `done` cannot run before the insert.
                 let mut map = execs.lock().unwrap_or_else(|e| e.into_inner());
-                match crate::exec::start(agent, req, sink.clone(), done) {
+                match crate::exec::start(agent, *req, sink.clone(), done) {
                     Ok(h) => {
                         map.insert(id, h);
                     }
