@@ -36,6 +36,11 @@ pub struct DeviceArgs {
     /// Network.
     #[command(flatten)]
     pub net: NetArgs,
+    /// The layer disk (right after the disks): these read-only layer
+    /// images placed on it, or none. `krypton run` always has one, so one
+    /// template snapshot serves every image.
+    #[arg(skip)]
+    pub layers: Option<Vec<PathBuf>>,
 }
 
 /// Network options shared by `krypton boot` and `krypton run`.
@@ -62,6 +67,7 @@ impl Default for DeviceArgs {
             no_rng: false,
             shares: Vec::new(),
             net: NetArgs::default(),
+            layers: None,
         }
     }
 }
@@ -192,11 +198,18 @@ pub struct Attached {
 }
 
 /// Adds every requested device to `machine`: disks first (so the first disk
-/// is vda), then virtio-fs shares, virtio-rng, vsock, then virtio-net.
+/// is vda), the layer disk, then virtio-fs shares, virtio-rng, vsock, then virtio-net.
 pub fn add_all(machine: &mut Machine, args: &DeviceArgs) -> Result<Attached, String> {
     for d in &args.disks {
         let blk = Block::new(&d.path, d.read_only)
             .map_err(|e| format!("disk {}: {}", d.path.display(), one_line(&e)))?;
+        machine
+            .add_virtio_device(Box::new(blk))
+            .map_err(|e| one_line(&e))?;
+    }
+    if let Some(files) = &args.layers {
+        let (blk, _) =
+            Block::layers(files).map_err(|e| format!("image layers: {}", one_line(&e)))?;
         machine
             .add_virtio_device(Box::new(blk))
             .map_err(|e| one_line(&e))?;

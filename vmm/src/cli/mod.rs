@@ -4,6 +4,7 @@
 mod boot;
 mod console;
 mod devices;
+mod image_run;
 mod run;
 mod snapshot;
 mod template;

@@ -13,6 +13,7 @@ use krypton_protocol::{AGENT_VSOCK_PORT, Limits};
 use super::boot::{PreparedVm, VmSpec, parse_timeout, prepare};
 use super::console::ConsoleTail;
 use super::devices::{DeviceArgs, DiskArg, ShareArg};
+use super::image_run::{self, ImageDefaults, Overrides};
 use super::template::template_for;
 use super::{fail, one_line, status};
 use crate::machine::{MachineError, Outcome, SerialOut};
@@ -43,9 +44,17 @@ pub struct RunArgs {
     /// Working directory inside the container.
     #[arg(short = 'w', long = "workdir")]
     pub workdir: Option<String>,
-    /// User to run as: UID[:GID].
+    /// User to run as: NAME|UID[:GROUP|GID], names looked up in the
+    /// container's /etc/passwd and /etc/group.
     #[arg(short = 'u', long = "user", value_parser = parse_user)]
-    pub user: Option<(u32, u32)>,
+    pub user: Option<String>,
+    /// Replace the image's Entrypoint (docker's --entrypoint; "" clears it).
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Run on these read-only EROFS layer images, bottom first (repeatable),
+    /// stacked under a tmpfs upper layer, instead of the default rootfs.
+    #[arg(long = "layer")]
+    pub layers: Vec<PathBuf>,
     /// Container memory limit in MiB (the VM gets 128 MiB more; without
     /// it the VM has 512 MiB, 256 MiB on kvm_pvm hosts).
     #[arg(long)]
@@ -95,8 +104,9 @@ pub struct RunArgs {
     /// Network (--net, -p).
     #[command(flatten)]
     pub net: super::devices::NetArgs,
-    /// The command and its arguments.
-    #[arg(last = true, required = true, num_args = 1..)]
+    /// The command and its arguments (after `--`); with an image, its
+    /// Entrypoint and Cmd by default.
+    #[arg(last = true, num_args = 1..)]
     pub command: Vec<String>,
 }
 
@@ -107,14 +117,16 @@ fn parse_env(s: &str) -> Result<String, String> {
     }
 }
 
-fn parse_user(s: &str) -> Result<(u32, u32), String> {
-    let num = |x: &str| {
-        x.parse::<u32>()
-            .map_err(|_| format!("'{x}' is not a numeric id"))
+fn parse_user(s: &str) -> Result<String, String> {
+    let ok = |x: &str| !x.is_empty() && x.len() <= 64 && !x.contains(['\0', ':', '/', '\n']);
+    let valid = match s.split_once(':') {
+        Some((u, g)) => ok(u) && ok(g),
+        None => ok(s),
     };
-    match s.split_once(':') {
-        Some((u, g)) => Ok((num(u)?, num(g)?)),
-        None => num(s).map(|u| (u, u)),
+    if valid {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("'{s}' is not NAME|UID[:GROUP|GID]"))
     }
 }
 
@@ -293,8 +305,27 @@ fn run_inner(args: RunArgs) -> Result<u8, String> {
             })
             .collect(),
         net: args.net.clone(),
+        layers: Some(args.layers.clone()),
         ..DeviceArgs::default()
     };
+    let image = if args.layers.is_empty() {
+        None
+    } else {
+        Some(image_run::image_root(
+            image_run::guest_disk(devices.disks.len())?,
+            &args.layers,
+        )?)
+    };
+    let process = image_run::process(
+        &ImageDefaults::default(),
+        &Overrides {
+            entrypoint: args.entrypoint.as_deref(),
+            command: &args.command,
+            env: &args.env,
+            workdir: args.workdir.as_deref(),
+            user: args.user.as_deref(),
+        },
+    )?;
     let mounts = args
         .volumes
         .iter()
@@ -341,14 +372,20 @@ fn run_inner(args: RunArgs) -> Result<u8, String> {
     let vm = prepare(spec(SerialOut::Writer(Box::new(console.clone()))), template)?;
     timeline.mark(if restored { "vm restored" } else { "vm built" });
     let opts = RunOptions {
-        argv: args.command,
-        env: args.env,
-        cwd: args.workdir.unwrap_or_default(),
-        uid: args.user.map_or(0, |u| u.0),
-        gid: args.user.map_or(0, |u| u.1),
+        argv: process.argv,
+        env: process.env,
+        cwd: process.cwd,
+        uid: 0,
+        gid: 0,
+        user: process.user,
         tty: args.tty,
         interactive: args.interactive,
-        rootfs: "/dev/vda".into(),
+        rootfs: if image.is_some() {
+            String::new()
+        } else {
+            "/dev/vda".into()
+        },
+        image,
         hostname: args.hostname.unwrap_or_default(),
         limits: Limits {
             memory_bytes: mem_limit,
@@ -489,10 +526,11 @@ mod tests {
         assert_eq!(parse_env("A="), Ok("A=".into()));
         assert!(parse_env("=1").is_err());
         assert!(parse_env("A").is_err());
-        assert_eq!(parse_user("1000"), Ok((1000, 1000)));
-        assert_eq!(parse_user("1000:50"), Ok((1000, 50)));
-        assert!(parse_user("root").is_err());
-        assert!(parse_user("1:x").is_err());
+        assert_eq!(parse_user("1000").as_deref(), Ok("1000"));
+        assert_eq!(parse_user("app:staff").as_deref(), Ok("app:staff"));
+        for bad in ["", ":0", "0:", "a:b:c", "a/b", "x\0"] {
+            assert!(parse_user(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

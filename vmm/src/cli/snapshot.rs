@@ -48,6 +48,9 @@ pub(super) fn identity_key(spec: &VmSpec<'_>) -> Result<u64, String> {
         h.write_u8(u8::from(disk.read_only));
         hash_disk(&mut h, &disk.path)?;
     }
+    // The layer disk by presence only: its size is fixed and the guest has
+    // not read the layers when the template is saved.
+    h.write_u8(u8::from(d.layers.is_some()));
     // Shares by tag and mode only: the guest has not mounted them when the
     // template is saved, so each run may attach other host directories.
     for s in &d.shares {

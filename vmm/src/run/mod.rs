@@ -55,6 +55,10 @@ pub struct RunOptions {
     pub limits: Limits,
     /// virtio-fs shares to mount in the container.
     pub mounts: Vec<krypton_protocol::Mount>,
+    /// `NAME|UID[:GROUP|GID]`, resolved in the container; empty: uid, gid.
+    pub user: String,
+    /// Root stacked from image layers (replaces `rootfs`).
+    pub image: Option<krypton_protocol::ImageRoot>,
     /// Give up after this long (exit code 124).
     pub timeout: Option<Duration>,
     /// Where to record "agent ready", "exec started" and "exit status".

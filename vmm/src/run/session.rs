@@ -112,6 +112,8 @@ fn exec_request(opts: &RunOptions, size: Option<(u16, u16)>) -> ExecRequest {
         hostname: opts.hostname.clone(),
         limits: opts.limits.clone(),
         mounts: opts.mounts.clone(),
+        user: opts.user.clone(),
+        image: opts.image.clone(),
     }
 }
 
@@ -144,6 +146,16 @@ where
                     "the guest agent cannot mount shared directories".into(),
                 ));
             }
+            if opts.image.is_some() && caps & krypton_protocol::caps::LAYERS == 0 {
+                return Err(RunError::Handshake(
+                    "the guest agent cannot stack image layers".into(),
+                ));
+            }
+            if !opts.user.is_empty() && caps & krypton_protocol::caps::USERS == 0 {
+                return Err(RunError::Handshake(
+                    "the guest agent cannot resolve user names".into(),
+                ));
+            }
             if let Some(t) = &opts.timeline {
                 t.mark("agent ready");
             }
@@ -167,7 +179,11 @@ where
             )));
         }
     }
-    write_message_async(&mut wr, &Message::Exec(exec_request(opts, io.size))).await?;
+    write_message_async(
+        &mut wr,
+        &Message::Exec(Box::new(exec_request(opts, io.size))),
+    )
+    .await?;
 
     let (tx, mut rx) = mpsc::channel::<Message>(16);
     let writer = async move {

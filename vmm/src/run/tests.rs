@@ -34,7 +34,7 @@ async fn agent_start(s: &mut DuplexStream) -> krypton_protocol::ExecRequest {
         }
     ));
     match read_message_async(s).await.expect("test step") {
-        Message::Exec(e) => e,
+        Message::Exec(e) => *e,
         other => panic!("expected exec, got {other:?}"),
     }
 }
