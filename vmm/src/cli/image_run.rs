@@ -36,7 +36,7 @@ pub struct Overrides<'a> {
 }
 
 /// The process to start: argv, env, cwd, user.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Process {
     /// Program and arguments.
     pub argv: Vec<String>,

@@ -208,7 +208,7 @@ fn default_asset(given: Option<PathBuf>, rel: &str, what: &str) -> Result<PathBu
 
 /// Runs `krypton run`.
 pub fn run(args: RunArgs) -> ExitCode {
-    match run_inner(args) {
+    match run_inner(args, false) {
         Ok(code) => ExitCode::from(code),
         Err(msg) => fail(&msg),
     }
@@ -247,7 +247,16 @@ impl HostProfile {
     }
 }
 
-fn run_inner(args: RunArgs) -> Result<u8, String> {
+/// `krypton snapshot create`: makes (or finds) the template `krypton run`
+/// with these options starts from, and prints its path.
+pub(super) fn make_template(args: RunArgs) -> Result<(), String> {
+    if args.no_snapshot {
+        return Err("--no-snapshot and snapshot create contradict each other".into());
+    }
+    run_inner(args, true).map(|_| ())
+}
+
+fn run_inner(args: RunArgs, template_only: bool) -> Result<u8, String> {
     let timeline = Timeline::default();
     let timeout = parse_timeout(args.timeout)?;
     let host = HostProfile::detect(&args)?;
@@ -316,16 +325,20 @@ fn run_inner(args: RunArgs) -> Result<u8, String> {
             &args.layers,
         )?)
     };
-    let process = image_run::process(
-        &ImageDefaults::default(),
-        &Overrides {
-            entrypoint: args.entrypoint.as_deref(),
-            command: &args.command,
-            env: &args.env,
-            workdir: args.workdir.as_deref(),
-            user: args.user.as_deref(),
-        },
-    )?;
+    let process = if template_only {
+        image_run::Process::default()
+    } else {
+        image_run::process(
+            &ImageDefaults::default(),
+            &Overrides {
+                entrypoint: args.entrypoint.as_deref(),
+                command: &args.command,
+                env: &args.env,
+                workdir: args.workdir.as_deref(),
+                user: args.user.as_deref(),
+            },
+        )?
+    };
     let mounts = args
         .volumes
         .iter()
@@ -367,6 +380,13 @@ fn run_inner(args: RunArgs) -> Result<u8, String> {
         timeline.mark("template ready");
         t
     };
+    if template_only {
+        let t = template.ok_or("no template was made (see the notice above)")?;
+        use std::io::Write;
+        writeln!(std::io::stdout(), "{}", t.path.display())
+            .map_err(|e| format!("cannot write to stdout: {e}"))?;
+        return Ok(status::OK);
+    }
     let restored = template.is_some();
     let template_path = template.as_ref().map(|t| t.path.clone());
     let vm = prepare(spec(SerialOut::Writer(Box::new(console.clone()))), template)?;

@@ -223,6 +223,9 @@ pub(super) fn template_dir() -> Option<PathBuf> {
 /// `krypton snapshot` subcommands.
 #[derive(clap::Subcommand, Debug)]
 pub enum SnapshotCmd {
+    /// Make the template `krypton run` with these options starts from
+    /// (boots the VM once; nothing to do if it exists) and print its path.
+    Create(Box<super::run::RunArgs>),
     /// List the templates `krypton run` made.
     Ls,
     /// Remove templates: the named ones, or all with --all.
@@ -258,6 +261,7 @@ fn run_inner(cmd: SnapshotCmd) -> Result<(), String> {
         v
     };
     match cmd {
+        SnapshotCmd::Create(args) => super::run::make_template(*args),
         SnapshotCmd::Ls => {
             let mut out = std::io::stdout().lock();
             for p in list() {
