@@ -60,7 +60,7 @@ pub fn stage_image(img: &ImageRoot) -> Result<()> {
     for (i, l) in img.layers.iter().enumerate() {
         let dir = stage.join("l").join(i.to_string());
         mkdir(&dir)?;
-        let (dev, _handle) = crate::loopdev::attach(&disk, l.offset, l.size)
+        let (dev, _handle) = crate::loopdev::attach_direct(&disk, l.offset, l.size)
             .with_context(|| format!("layer {i}"))?;
         mount(&dev, &dir, "erofs", libc::MS_RDONLY | libc::MS_NODEV, "")
             .with_context(|| format!("layer {i} ({} bytes at {})", l.size, l.offset))?;

@@ -14,6 +14,7 @@ const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LO_FLAGS_READ_ONLY: u32 = 1;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
+const LO_FLAGS_DIRECT_IO: u32 = 16;
 
 #[repr(C)]
 struct LoopInfo64 {
@@ -45,6 +46,16 @@ struct LoopConfig {
 /// Returns the device path and an open handle: the handle must stay open
 /// until the device is mounted, or autoclear detaches it at once.
 pub fn attach(backing: &File, offset: u64, size: u64) -> Result<(String, File)> {
+    attach_with(backing, offset, size, false)
+}
+
+/// [`attach`] with direct I/O to the backing (no second copy of every
+/// page in the backing's page cache), 4 KiB loop blocks.
+pub fn attach_direct(backing: &File, offset: u64, size: u64) -> Result<(String, File)> {
+    attach_with(backing, offset, size, true)
+}
+
+fn attach_with(backing: &File, offset: u64, size: u64, direct: bool) -> Result<(String, File)> {
     let ctl = OpenOptions::new()
         .read(true)
         .write(true)
@@ -62,6 +73,10 @@ pub fn attach(backing: &File, offset: u64, size: u64) -> Result<(String, File)> 
         cfg.info.flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR;
         cfg.info.offset = offset;
         cfg.info.sizelimit = size;
+        if direct {
+            cfg.info.flags |= LO_FLAGS_DIRECT_IO;
+            cfg.block_size = 4096;
+        }
         // SAFETY: cfg is a valid loop_config for LOOP_CONFIGURE.
         let r = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE, &cfg) };
         if r == 0 {
