@@ -109,22 +109,8 @@ impl Cgroups {
                 return Ok(None);
             }
             Cgroups::V2(parent) => {
-                let dir = parent.join(&name);
-                fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
-                let cg = Cgroup {
-                    dirs: vec![dir.clone()],
-                };
-                if let Some(m) = limits.memory_bytes {
-                    write(&dir.join("memory.max"), &m.to_string())?;
-                    let _ = write(&dir.join("memory.swap.max"), "0");
-                    write(&dir.join("memory.oom.group"), "1")?;
-                }
-                if let Some(p) = limits.pids {
-                    write(&dir.join("pids.max"), &p.to_string())?;
-                }
-                if let Some((q, p)) = limits.cpu {
-                    write(&dir.join("cpu.max"), &format!("{q} {p}"))?;
-                }
+                let cg = v2_dir(parent, &name)?;
+                cg.apply(limits)?;
                 cg
             }
             Cgroups::V1 { memory, pids, cpu } => {
@@ -169,7 +155,56 @@ impl Cgroups {
     }
 }
 
+fn v2_dir(parent: &Path, name: &str) -> Result<Cgroup> {
+    let dir = parent.join(name);
+    fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
+    Ok(Cgroup { dirs: vec![dir] })
+}
+
+impl Cgroups {
+    /// An empty cgroup made ahead of time for the next container (cgroup v2
+    /// only: creating one costs seconds of emulated kernel work on kvm_pvm
+    /// hosts); [`Cgroup::apply`] sets its limits later.
+    pub fn spare(&self) -> Option<Cgroup> {
+        let Cgroups::V2(parent) = self else {
+            return None;
+        };
+        let name = format!(
+            "{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        match v2_dir(parent, &name) {
+            Ok(cg) => Some(cg),
+            Err(e) => {
+                log::warn!("{e:#}");
+                None
+            }
+        }
+    }
+}
+
 impl Cgroup {
+    /// Writes `limits` into a cgroup v2 directory (nothing to write for
+    /// none).
+    pub fn apply(&self, limits: &Limits) -> Result<()> {
+        let Some(dir) = self.dirs.first() else {
+            return Ok(());
+        };
+        if let Some(m) = limits.memory_bytes {
+            write(&dir.join("memory.max"), &m.to_string())?;
+            let _ = write(&dir.join("memory.swap.max"), "0");
+            write(&dir.join("memory.oom.group"), "1")?;
+        }
+        if let Some(p) = limits.pids {
+            write(&dir.join("pids.max"), &p.to_string())?;
+        }
+        if let Some((q, p)) = limits.cpu {
+            write(&dir.join("cpu.max"), &format!("{q} {p}"))?;
+        }
+        Ok(())
+    }
+
     /// The `cgroup.procs` files a new process must join.
     pub fn procs_files(&self) -> Vec<PathBuf> {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()

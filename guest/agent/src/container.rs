@@ -151,6 +151,9 @@ const DEFAULT_ROOTFS: &str = "/dev/vda";
 /// Returns the staged rootfs.
 fn prestage() -> Result<Option<&'static str>> {
     mount("", "/", "", libc::MS_REC | libc::MS_PRIVATE, "")?;
+    if let Err(e) = crate::sys::loopback_up() {
+        log::warn!("{e:#}");
+    }
     let is_block = std::fs::metadata(DEFAULT_ROOTFS).is_ok_and(|m| {
         use std::os::unix::fs::FileTypeExt;
         m.file_type().is_block_device()
@@ -171,8 +174,8 @@ fn prestage() -> Result<Option<&'static str>> {
     }
 }
 
-fn setup(req: &ExecRequest, staged: Option<Option<&str>>) -> Result<()> {
-    let staged = match staged {
+fn setup(req: &ExecRequest, staged_ahead: Option<Option<&str>>) -> Result<()> {
+    let staged = match staged_ahead {
         Some(s) => s,
         None => {
             // Nothing we mount may propagate back to the agent's namespace.
@@ -189,7 +192,10 @@ fn setup(req: &ExecRequest, staged: Option<Option<&str>>) -> Result<()> {
         &req.hostname
     };
     crate::sys::sethostname(host)?;
-    if let Err(e) = crate::sys::loopback_up() {
+    // A container init started ahead of time brought lo up while it waited.
+    if staged_ahead.is_none()
+        && let Err(e) = crate::sys::loopback_up()
+    {
         log::warn!("{e:#}");
     }
     if let Some(img) = &req.image {

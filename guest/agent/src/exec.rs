@@ -113,7 +113,22 @@ pub fn start(
     sink: Sink,
     done: impl FnOnce(u32) + Send + 'static,
 ) -> Result<ExecHandle> {
-    let cgroup = agent.cgroups.create(&req.limits)?;
+    let mut ready = if agent.pid1 {
+        crate::zygote::take()
+    } else {
+        None
+    };
+    // A waiting container init already sits in a fresh cgroup.
+    let (cgroup, joined) = match ready.as_mut().and_then(|z| z.cgroup.take()) {
+        Some(cg) => {
+            if let Err(e) = cg.apply(&req.limits) {
+                cg.remove();
+                return Err(e);
+            }
+            (Some(cg), true)
+        }
+        None => (agent.cgroups.create(&req.limits)?, false),
+    };
     let procs = cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default();
     // Child ends and our ends of stdio.
     let (child_io, stdin_w, outputs, pty): ([OwnedFd; 3], File, Vec<(Stream, File)>, _) = if req.tty
@@ -146,13 +161,8 @@ pub fn start(
         child_io[1].as_raw_fd(),
         child_io[2].as_raw_fd(),
     ];
-    let ready = if agent.pid1 {
-        crate::zygote::take()
-    } else {
-        None
-    };
     let started = match ready {
-        Some(mut z) => match z.hand_over(&procs, stdio, &config) {
+        Some(mut z) => match z.hand_over(if joined { &[] } else { &procs }, stdio, &config) {
             Ok(()) => Ok((z.spawned, z.exit_rx, z.report)),
             Err(e) => {
                 // It died waiting (or cannot join the cgroup): start one now.

@@ -199,7 +199,7 @@ fn run(argv: impl Iterator<Item = String>, pid1: bool) -> Result<()> {
     if pid1 {
         // In the VM: a container init waits before we say we listen, so
         // the template snapshot holds one too.
-        zygote::start();
+        zygote::start(agent.cgroups.clone());
     }
     log::info!("listening on {:?}", args.listen);
     loop {

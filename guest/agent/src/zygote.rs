@@ -35,6 +35,8 @@ pub struct Zygote {
     pub config: UnixStream,
     /// Report pipe (fd 4 in the init).
     pub report: File,
+    /// The cgroup it already sits in (made ahead of time), if any.
+    pub cgroup: Option<crate::cgroup::Cgroup>,
 }
 
 impl Zygote {
@@ -67,6 +69,7 @@ const FIRST_READY: std::time::Duration = std::time::Duration::from_secs(60);
 
 struct Keeper {
     ready: Mutex<Option<Zygote>>,
+    cgroups: crate::cgroup::Cgroups,
     /// Asks the keeper for a new spare.
     refill: SyncSender<()>,
 }
@@ -75,11 +78,12 @@ static KEEPER: OnceLock<Keeper> = OnceLock::new();
 
 /// Starts the keeper thread and clones the first spare before returning,
 /// so it exists when the agent announces that it listens.
-pub fn start() {
+pub fn start(cgroups: crate::cgroup::Cgroups) {
     let (tx, rx) = sync_channel::<()>(1);
     if KEEPER
         .set(Keeper {
             ready: Mutex::new(None),
+            cgroups,
             refill: tx,
         })
         .is_err()
@@ -110,7 +114,7 @@ pub fn start() {
 
 fn make_spare() {
     let Some(k) = KEEPER.get() else { return };
-    match spawn_one() {
+    match spawn_one(&k.cgroups) {
         Ok(z) => {
             log::debug!("container init {} ready", z.spawned.pid);
             *k.ready.lock().unwrap_or_else(|e| e.into_inner()) = Some(z);
@@ -119,7 +123,7 @@ fn make_spare() {
     }
 }
 
-fn spawn_one() -> Result<Zygote> {
+fn spawn_one(cgroups: &crate::cgroup::Cgroups) -> Result<Zygote> {
     let (mine, theirs) = UnixStream::pair().context("socketpair")?;
     let (report_r, report_w) = crate::sys::pipe()?;
     let null: OwnedFd = File::open("/dev/null").context("/dev/null")?.into();
@@ -147,11 +151,27 @@ fn spawn_one() -> Result<Zygote> {
             String::from_utf8_lossy(&line)
         );
     }
+    // Its cgroup too, so a container's start does not wait for one.
+    let cgroup = cgroups.spare().and_then(|cg| {
+        let joined = cg
+            .procs_files()
+            .iter()
+            .try_for_each(|p| std::fs::write(p, spawned.pid.to_string()));
+        match joined {
+            Ok(()) => Some(cg),
+            Err(e) => {
+                log::warn!("cannot move the container init into its cgroup: {e}");
+                cg.remove();
+                None
+            }
+        }
+    });
     Ok(Zygote {
         spawned,
         exit_rx,
         config: mine,
         report,
+        cgroup,
     })
 }
 
@@ -166,6 +186,9 @@ pub fn take() -> Option<Zygote> {
         Err(TryRecvError::Empty) => Some(z),
         _ => {
             log::warn!("the waiting container init {} died", z.spawned.pid);
+            if let Some(cg) = z.cgroup {
+                cg.remove();
+            }
             None
         }
     }
