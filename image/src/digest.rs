@@ -29,7 +29,11 @@ impl Digest {
         if alg != "sha256" {
             return Err(DigestError::Algorithm(s.chars().take(100).collect()));
         }
-        if hex.len() != 64 || !hex.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)) {
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        {
             return Err(DigestError::Malformed(s.chars().take(100).collect()));
         }
         Ok(Digest(s.to_string()))
@@ -94,7 +98,13 @@ impl<R, W> Tee<R, W> {
 impl<R: Read, W: Write> Tee<R, W> {
     /// Reads from `inner`, copying to `copy`; fails past `limit` bytes.
     pub fn new(inner: R, copy: W, limit: u64) -> Self {
-        Tee { inner, copy, hasher: Sha256::new(), count: 0, limit }
+        Tee {
+            inner,
+            copy,
+            hasher: Sha256::new(),
+            count: 0,
+            limit,
+        }
     }
 
     /// Reads what remains (a decompressor may stop before the end).
@@ -115,7 +125,10 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
         let n = self.inner.read(buf)?;
         self.count += n as u64;
         if self.count > self.limit {
-            return Err(io::Error::other(format!("more than the {} bytes announced", self.limit)));
+            return Err(io::Error::other(format!(
+                "more than the {} bytes announced",
+                self.limit
+            )));
         }
         self.hasher.update(&buf[..n]);
         self.copy.write_all(&buf[..n])?;
@@ -156,7 +169,10 @@ mod tests {
     #[test]
     fn parse_and_hash() {
         let d = Digest::of(b"");
-        assert_eq!(d.as_str(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            d.as_str(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
         assert_eq!(Digest::parse(d.as_str()).ok(), Some(d.clone()));
         assert_eq!(d.short(), "e3b0c44298fc");
         assert!(Digest::parse("sha512:00").is_err());

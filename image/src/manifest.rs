@@ -90,7 +90,10 @@ impl Descriptor {
 
     /// The size, validated (at most 64 GiB).
     pub fn size(&self) -> Result<u64, ManifestError> {
-        u64::try_from(self.size).ok().filter(|&s| s <= 64 << 30).ok_or(ManifestError::Size(self.size))
+        u64::try_from(self.size)
+            .ok()
+            .filter(|&s| s <= 64 << 30)
+            .ok_or(ManifestError::Size(self.size))
     }
 }
 
@@ -172,9 +175,8 @@ pub fn layer_compression(media_type: &str) -> Result<Compression, ManifestError>
         .strip_prefix("application/vnd.oci.image.layer.nondistributable.v1.")
         .map(|rest| format!("application/vnd.oci.image.layer.v1.{rest}"));
     Ok(match base.as_deref().unwrap_or(media_type) {
-        "application/vnd.oci.image.layer.v1.tar" | "application/vnd.docker.image.rootfs.diff.tar" => {
-            Compression::None
-        }
+        "application/vnd.oci.image.layer.v1.tar"
+        | "application/vnd.docker.image.rootfs.diff.tar" => Compression::None,
         "application/vnd.oci.image.layer.v1.tar+gzip"
         | "application/vnd.docker.image.rootfs.diff.tar.gzip"
         | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Compression::Gzip,
@@ -222,7 +224,9 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Parsed, Manifes
                 return Err(ManifestError::TooManyLayers(m.layers.len()));
             }
             if m.config.media_type != OCI_CONFIG && m.config.media_type != DOCKER_CONFIG {
-                return Err(ManifestError::MediaType(m.config.media_type.chars().take(200).collect()));
+                return Err(ManifestError::MediaType(
+                    m.config.media_type.chars().take(200).collect(),
+                ));
             }
             m.config.digest("config digest")?;
             m.config.size()?;
@@ -242,7 +246,9 @@ pub fn pick_platform(idx: &Index) -> Result<&Descriptor, ManifestError> {
     idx.manifests
         .iter()
         .find(|d| {
-            d.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
+            d.platform
+                .as_ref()
+                .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
                 && (d.media_type == OCI_MANIFEST || d.media_type == DOCKER_MANIFEST)
         })
         .ok_or_else(|| {
@@ -253,7 +259,11 @@ pub fn pick_platform(idx: &Index) -> Result<&Descriptor, ManifestError> {
                 .map(|p| format!("{}/{}", p.os, p.architecture))
                 .take(16)
                 .collect();
-            ManifestError::NoPlatform(if have.is_empty() { "none".into() } else { have.join(", ") })
+            ManifestError::NoPlatform(if have.is_empty() {
+                "none".into()
+            } else {
+                have.join(", ")
+            })
         })
 }
 
@@ -325,15 +335,23 @@ impl ConfigFile {
     /// Parses a config; checks the platform and the diff_ids against `layers`.
     pub fn parse(bytes: &[u8], layers: usize) -> Result<ConfigFile, ManifestError> {
         let c: ConfigFile = json(bytes, "image config")?;
-        if (!c.os.is_empty() && c.os != "linux") || (!c.architecture.is_empty() && c.architecture != "amd64") {
-            return Err(ManifestError::WrongPlatform(format!("{}/{}", c.os, c.architecture)));
+        if (!c.os.is_empty() && c.os != "linux")
+            || (!c.architecture.is_empty() && c.architecture != "amd64")
+        {
+            return Err(ManifestError::WrongPlatform(format!(
+                "{}/{}",
+                c.os, c.architecture
+            )));
         }
         let ids = c.diff_ids();
         if ids.len() != layers {
             return Err(ManifestError::LayerCount(ids.len(), layers));
         }
         for id in ids {
-            Digest::parse(id).map_err(|err| ManifestError::Digest { what: "diff_id", err })?;
+            Digest::parse(id).map_err(|err| ManifestError::Digest {
+                what: "diff_id",
+                err,
+            })?;
         }
         Ok(c)
     }
@@ -371,12 +389,23 @@ mod tests {
     #[test]
     fn manifests_and_layer_types() {
         for (mt, c) in [
-            ("application/vnd.oci.image.layer.v1.tar+gzip", Compression::Gzip),
-            ("application/vnd.oci.image.layer.v1.tar+zstd", Compression::Zstd),
-            ("application/vnd.docker.image.rootfs.diff.tar.gzip", Compression::Gzip),
+            (
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                Compression::Gzip,
+            ),
+            (
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+                Compression::Zstd,
+            ),
+            (
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                Compression::Gzip,
+            ),
             ("application/vnd.oci.image.layer.v1.tar", Compression::None),
         ] {
-            let Ok(Parsed::Manifest(m)) = parse(manifest(mt).as_bytes(), None) else { panic!("{mt}") };
+            let Ok(Parsed::Manifest(m)) = parse(manifest(mt).as_bytes(), None) else {
+                panic!("{mt}")
+            };
             assert_eq!(layer_compression(&m.layers[0].media_type).ok(), Some(c));
         }
         let e = parse(manifest("application/x-foo").as_bytes(), None).err();
@@ -386,19 +415,43 @@ mod tests {
     #[test]
     fn index_picks_linux_amd64() {
         let entry = |os: &str, arch: &str| {
-            format!(r#"{{"mediaType":"{OCI_MANIFEST}","digest":"{D}","size":1,"platform":{{"os":"{os}","architecture":"{arch}"}}}}"#)
+            format!(
+                r#"{{"mediaType":"{OCI_MANIFEST}","digest":"{D}","size":1,"platform":{{"os":"{os}","architecture":"{arch}"}}}}"#
+            )
         };
-        let doc = format!(r#"{{"schemaVersion":2,"manifests":[{},{}]}}"#, entry("linux", "arm64"), entry("linux", "amd64"));
-        let Ok(Parsed::Index(i)) = parse(doc.as_bytes(), Some(OCI_INDEX)) else { panic!("index") };
-        assert_eq!(pick_platform(&i).ok().and_then(|d| d.platform.clone()).map(|p| p.architecture), Some("amd64".into()));
-        let doc = format!(r#"{{"schemaVersion":2,"manifests":[{}]}}"#, entry("linux", "arm64"));
-        let Ok(Parsed::Index(i)) = parse(doc.as_bytes(), None) else { panic!("index") };
-        assert_eq!(pick_platform(&i).err().map(|e| e.to_string()), Some("no linux/amd64 image in the index (it has: linux/arm64)".into()));
+        let doc = format!(
+            r#"{{"schemaVersion":2,"manifests":[{},{}]}}"#,
+            entry("linux", "arm64"),
+            entry("linux", "amd64")
+        );
+        let Ok(Parsed::Index(i)) = parse(doc.as_bytes(), Some(OCI_INDEX)) else {
+            panic!("index")
+        };
+        assert_eq!(
+            pick_platform(&i)
+                .ok()
+                .and_then(|d| d.platform.clone())
+                .map(|p| p.architecture),
+            Some("amd64".into())
+        );
+        let doc = format!(
+            r#"{{"schemaVersion":2,"manifests":[{}]}}"#,
+            entry("linux", "arm64")
+        );
+        let Ok(Parsed::Index(i)) = parse(doc.as_bytes(), None) else {
+            panic!("index")
+        };
+        assert_eq!(
+            pick_platform(&i).err().map(|e| e.to_string()),
+            Some("no linux/amd64 image in the index (it has: linux/arm64)".into())
+        );
     }
 
     #[test]
     fn config_checks() {
-        let c = format!(r#"{{"os":"linux","architecture":"amd64","config":{{"Cmd":["sh"],"Env":["A=1"],"User":"1:2"}},"rootfs":{{"type":"layers","diff_ids":["{D}"]}}}}"#);
+        let c = format!(
+            r#"{{"os":"linux","architecture":"amd64","config":{{"Cmd":["sh"],"Env":["A=1"],"User":"1:2"}},"rootfs":{{"type":"layers","diff_ids":["{D}"]}}}}"#
+        );
         let cfg = ConfigFile::parse(c.as_bytes(), 1).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cfg.image_config().cmd, Some(vec!["sh".to_string()]));
         assert_eq!(cfg.image_config().user, "1:2");

@@ -70,7 +70,8 @@ fn is_tag(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
 }
 
 fn is_registry(s: &str) -> bool {
@@ -84,7 +85,9 @@ fn is_registry(s: &str) -> bool {
         return false;
     }
     !host.is_empty()
-        && host.bytes().all(|c| c.is_ascii_alphanumeric() || b".-[]:".contains(&c))
+        && host
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b".-[]:".contains(&c))
 }
 
 impl Reference {
@@ -133,15 +136,26 @@ impl Reference {
             registry
         };
         if path.is_empty() || !path.split('/').all(is_component) {
-            return Err(bad("invalid repository name (lowercase letters, digits, separators)"));
+            return Err(bad(
+                "invalid repository name (lowercase letters, digits, separators)",
+            ));
         }
         let repository = if registry == DOCKER_HUB && !path.contains('/') {
             format!("library/{path}")
         } else {
             path
         };
-        let tag = if tag.is_none() && digest.is_none() { Some("latest".into()) } else { tag };
-        Ok(Reference { registry, repository, tag, digest })
+        let tag = if tag.is_none() && digest.is_none() {
+            Some("latest".into())
+        } else {
+            tag
+        };
+        Ok(Reference {
+            registry,
+            repository,
+            tag,
+            digest,
+        })
     }
 
     /// `registry/repository`, the name images are listed under.
@@ -185,16 +199,25 @@ mod tests {
     #[test]
     fn docker_defaults() {
         let r = p("busybox");
-        assert_eq!((r.registry.as_str(), r.repository.as_str()), ("docker.io", "library/busybox"));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("docker.io", "library/busybox")
+        );
         assert_eq!(r.index_key(), "docker.io/library/busybox:latest");
         assert_eq!(p("user/app:1.2").index_key(), "docker.io/user/app:1.2");
-        assert_eq!(p("index.docker.io/library/busybox").index_key(), "docker.io/library/busybox:latest");
+        assert_eq!(
+            p("index.docker.io/library/busybox").index_key(),
+            "docker.io/library/busybox:latest"
+        );
     }
 
     #[test]
     fn registries_ports_and_digests() {
         let r = p("127.0.0.1:5000/a/b:v1");
-        assert_eq!((r.registry.as_str(), r.repository.as_str()), ("127.0.0.1:5000", "a/b"));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("127.0.0.1:5000", "a/b")
+        );
         assert_eq!(r.tag.as_deref(), Some("v1"));
         let d = format!("sha256:{}", "ab".repeat(32));
         let r = p(&format!("localhost/x@{d}"));
@@ -210,7 +233,19 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        for s in ["", "UPPER", "a//b", "a/", "-a", "a:", "a:b/c:", "a@sha256:12", "a:/b", "a b", "x/.y"] {
+        for s in [
+            "",
+            "UPPER",
+            "a//b",
+            "a/",
+            "-a",
+            "a:",
+            "a:b/c:",
+            "a@sha256:12",
+            "a:/b",
+            "a b",
+            "x/.y",
+        ] {
             assert!(Reference::parse(s).is_err(), "{s:?} accepted");
         }
     }

@@ -53,7 +53,11 @@ pub fn parse_challenge(h: &str) -> Option<Challenge> {
         }
         s = tail.trim_start().trim_start_matches(',').trim_start();
     }
-    Some(Challenge::Bearer { realm: realm?, service, scope })
+    Some(Challenge::Bearer {
+        realm: realm?,
+        service,
+        scope,
+    })
 }
 
 /// A token endpoint's answer.
@@ -86,7 +90,10 @@ impl Credentials {
     /// The `Authorization: Basic` value.
     pub fn basic_header(&self) -> String {
         let raw = format!("{}:{}", self.username, self.password);
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        )
     }
 }
 
@@ -108,11 +115,17 @@ struct AuthEntry {
 
 /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
 pub fn docker_config_path() -> Option<PathBuf> {
-    let env = |k| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(d) = env("DOCKER_CONFIG") {
         return Some(d.join("config.json"));
     }
-    env("HOME").or_else(|| env("USERPROFILE")).map(|h| h.join(".docker").join("config.json"))
+    env("HOME")
+        .or_else(|| env("USERPROFILE"))
+        .map(|h| h.join(".docker").join("config.json"))
 }
 
 /// Errors reading the docker config.
@@ -125,35 +138,56 @@ pub struct ConfigError {
 
 /// Credentials for `registry` from the docker config, if it has any.
 pub fn docker_credentials(registry: &str) -> Result<Option<Credentials>, ConfigError> {
-    let Some(path) = docker_config_path() else { return Ok(None) };
+    let Some(path) = docker_config_path() else {
+        return Ok(None);
+    };
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(ConfigError { path, msg: e.to_string() }),
+        Err(e) => {
+            return Err(ConfigError {
+                path,
+                msg: e.to_string(),
+            });
+        }
     };
-    let cfg: DockerConfig =
-        serde_json::from_slice(&bytes).map_err(|e| ConfigError { path: path.clone(), msg: e.to_string() })?;
+    let cfg: DockerConfig = serde_json::from_slice(&bytes).map_err(|e| ConfigError {
+        path: path.clone(),
+        msg: e.to_string(),
+    })?;
     credentials_for(&cfg, registry).map_err(|msg| ConfigError { path, msg })
 }
 
 fn credentials_for(cfg: &DockerConfig, registry: &str) -> Result<Option<Credentials>, String> {
     let hub = registry == crate::reference::DOCKER_HUB;
     let entry = cfg.auths.iter().find(|(k, _)| {
-        let host = k.trim_start_matches("https://").trim_start_matches("http://");
+        let host = k
+            .trim_start_matches("https://")
+            .trim_start_matches("http://");
         let host = host.split('/').next().unwrap_or("");
         host == registry || (hub && (host == "index.docker.io" || host == "registry-1.docker.io"))
     });
-    let Some((key, e)) = entry else { return Ok(None) };
+    let Some((key, e)) = entry else {
+        return Ok(None);
+    };
     if let Some(a) = e.auth.as_deref().filter(|a| !a.is_empty()) {
         let raw = base64::engine::general_purpose::STANDARD
             .decode(a.trim())
             .map_err(|_| format!("auths.{key}.auth is not base64"))?;
         let raw = String::from_utf8(raw).map_err(|_| format!("auths.{key}.auth is not UTF-8"))?;
-        let (u, p) = raw.split_once(':').ok_or_else(|| format!("auths.{key}.auth is not user:password"))?;
-        return Ok(Some(Credentials { username: u.into(), password: p.into() }));
+        let (u, p) = raw
+            .split_once(':')
+            .ok_or_else(|| format!("auths.{key}.auth is not user:password"))?;
+        return Ok(Some(Credentials {
+            username: u.into(),
+            password: p.into(),
+        }));
     }
     match (&e.username, &e.password) {
-        (Some(u), Some(p)) => Ok(Some(Credentials { username: u.clone(), password: p.clone() })),
+        (Some(u), Some(p)) => Ok(Some(Credentials {
+            username: u.clone(),
+            password: p.clone(),
+        })),
         _ => Ok(None),
     }
 }
@@ -164,9 +198,14 @@ mod tests {
 
     #[test]
     fn challenges() {
-        assert_eq!(parse_challenge("Basic realm=\"Registry\""), Some(Challenge::Basic));
         assert_eq!(
-            parse_challenge(r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull""#),
+            parse_challenge("Basic realm=\"Registry\""),
+            Some(Challenge::Basic)
+        );
+        assert_eq!(
+            parse_challenge(
+                r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull""#
+            ),
             Some(Challenge::Bearer {
                 realm: "https://auth.docker.io/token".into(),
                 service: Some("registry.docker.io".into()),
@@ -185,7 +224,10 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let c = credentials_for(&cfg, "127.0.0.1:5000").ok().flatten();
-        assert_eq!(c.map(|c| (c.username, c.password)), Some(("u".into(), "p:c".into())));
+        assert_eq!(
+            c.map(|c| (c.username, c.password)),
+            Some(("u".into(), "p:c".into()))
+        );
         let c = credentials_for(&cfg, "docker.io").ok().flatten();
         assert_eq!(c.map(|c| c.username), Some("a".into()));
         assert!(credentials_for(&cfg, "bad").is_err());

@@ -83,7 +83,11 @@ pub struct PullOptions {
 
 impl Default for PullOptions {
     fn default() -> Self {
-        PullOptions { timeout: Duration::from_secs(30), progress: false, parallel: 4 }
+        PullOptions {
+            timeout: Duration::from_secs(30),
+            progress: false,
+            parallel: 4,
+        }
     }
 }
 
@@ -112,7 +116,13 @@ struct Client {
 const MAX_ERROR_BODY: u64 = 16 << 10;
 
 fn base_url(registry: &str) -> String {
-    let host = registry.rsplit_once(':').map_or(registry, |(h, p)| if p.bytes().all(|c| c.is_ascii_digit()) { h } else { registry });
+    let host = registry.rsplit_once(':').map_or(registry, |(h, p)| {
+        if p.bytes().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            registry
+        }
+    });
     if registry == DOCKER_HUB {
         "https://registry-1.docker.io".into()
     } else if host == "localhost" || host.starts_with("127.") || host == "[::1]" {
@@ -124,15 +134,26 @@ fn base_url(registry: &str) -> String {
 
 fn status_detail(resp: ureq::Response) -> String {
     let mut body = String::new();
-    let _ = resp.into_reader().take(MAX_ERROR_BODY).read_to_string(&mut body);
+    let _ = resp
+        .into_reader()
+        .take(MAX_ERROR_BODY)
+        .read_to_string(&mut body);
     // {"errors":[{"code":"...","message":"..."}]}
     let v: Option<serde_json::Value> = serde_json::from_str(&body).ok();
     let msg = v
         .as_ref()
         .and_then(|v| v.get("errors")?.get(0).cloned())
         .map(|e| {
-            let code = e.get("code").and_then(|c| c.as_str()).unwrap_or("").to_string();
-            let m = e.get("message").and_then(|c| c.as_str()).unwrap_or("").to_string();
+            let code = e
+                .get("code")
+                .and_then(|c| c.as_str())
+                .unwrap_or("")
+                .to_string();
+            let m = e
+                .get("message")
+                .and_then(|c| c.as_str())
+                .unwrap_or("")
+                .to_string();
             format!("{code}: {m}").trim_matches([':', ' ']).to_string()
         })
         .unwrap_or_else(|| body.lines().next().unwrap_or("").to_string());
@@ -159,8 +180,14 @@ impl Client {
 
     fn transport(url: &str, e: &ureq::Transport) -> RegistryError {
         let msg = e.to_string();
-        let msg = msg.split_once(": ").map_or(msg.as_str(), |(_, m)| m).to_string();
-        RegistryError::Transport { url: url.into(), msg }
+        let msg = msg
+            .split_once(": ")
+            .map_or(msg.as_str(), |(_, m)| m)
+            .to_string();
+        RegistryError::Transport {
+            url: url.into(),
+            msg,
+        }
     }
 
     fn current_auth(&self) -> Option<String> {
@@ -184,22 +211,34 @@ impl Client {
                 Ok(r) => return Ok(r),
                 Err(ureq::Error::Status(401, resp)) if !tried_auth => {
                     tried_auth = true;
-                    let ch = resp.header("WWW-Authenticate").and_then(auth::parse_challenge);
+                    let ch = resp
+                        .header("WWW-Authenticate")
+                        .and_then(auth::parse_challenge);
                     let header = match ch {
                         Some(Challenge::Basic) => match &self.creds {
                             Some(c) => c.basic_header(),
                             None => return Err(self.unauthorized(false)),
                         },
-                        Some(Challenge::Bearer { realm, service, scope }) => self.token(&realm, service, scope)?,
+                        Some(Challenge::Bearer {
+                            realm,
+                            service,
+                            scope,
+                        }) => self.token(&realm, service, scope)?,
                         None => return Err(self.unauthorized(sent_auth.is_some())),
                     };
                     if let Ok(mut g) = self.authorization.lock() {
                         *g = Some(header);
                     }
                 }
-                Err(ureq::Error::Status(401 | 403, _)) => return Err(self.unauthorized(self.creds.is_some())),
+                Err(ureq::Error::Status(401 | 403, _)) => {
+                    return Err(self.unauthorized(self.creds.is_some()));
+                }
                 Err(ureq::Error::Status(status, resp)) => {
-                    return Err(RegistryError::Status { url, status, detail: status_detail(resp) });
+                    return Err(RegistryError::Status {
+                        url,
+                        status,
+                        detail: status_detail(resp),
+                    });
                 }
                 Err(ureq::Error::Transport(t)) => return Err(Self::transport(&url, &t)),
             }
@@ -207,10 +246,18 @@ impl Client {
     }
 
     fn unauthorized(&self, had_credentials: bool) -> RegistryError {
-        RegistryError::Unauthorized { registry: self.registry.clone(), had_credentials }
+        RegistryError::Unauthorized {
+            registry: self.registry.clone(),
+            had_credentials,
+        }
     }
 
-    fn token(&self, realm: &str, service: Option<String>, scope: Option<String>) -> Result<String, RegistryError> {
+    fn token(
+        &self,
+        realm: &str,
+        service: Option<String>,
+        scope: Option<String>,
+    ) -> Result<String, RegistryError> {
         let scope = scope.unwrap_or_else(|| format!("repository:{}:pull", self.repository));
         let mut req = self.agent.get(realm).query("scope", &scope);
         if let Some(s) = &service {
@@ -221,9 +268,15 @@ impl Client {
         }
         let resp = match req.call() {
             Ok(r) => r,
-            Err(ureq::Error::Status(401 | 403, _)) => return Err(self.unauthorized(self.creds.is_some())),
+            Err(ureq::Error::Status(401 | 403, _)) => {
+                return Err(self.unauthorized(self.creds.is_some()));
+            }
             Err(ureq::Error::Status(status, resp)) => {
-                return Err(RegistryError::Status { url: realm.into(), status, detail: status_detail(resp) });
+                return Err(RegistryError::Status {
+                    url: realm.into(),
+                    status,
+                    detail: status_detail(resp),
+                });
             }
             Err(ureq::Error::Transport(t)) => return Err(Self::transport(realm, &t)),
         };
@@ -231,36 +284,58 @@ impl Client {
         resp.into_reader()
             .take(1 << 20)
             .read_to_end(&mut body)
-            .map_err(|e| RegistryError::Transport { url: realm.into(), msg: e.to_string() })?;
+            .map_err(|e| RegistryError::Transport {
+                url: realm.into(),
+                msg: e.to_string(),
+            })?;
         let t: TokenResponse = serde_json::from_slice(&body)
             .map_err(|e| RegistryError::Protocol(format!("{realm}: bad token answer: {e}")))?;
         t.token
             .or(t.access_token)
             .filter(|t| !t.is_empty())
             .map(|t| format!("Bearer {t}"))
-            .ok_or_else(|| RegistryError::Protocol(format!("{realm}: token answer without a token")))
+            .ok_or_else(|| {
+                RegistryError::Protocol(format!("{realm}: token answer without a token"))
+            })
     }
 
     /// A manifest or index, bounded, verified against `pinned` or the
     /// registry's Docker-Content-Digest.
-    fn manifest(&self, reference: &str, pinned: Option<&Digest>) -> Result<(Vec<u8>, Digest, Parsed), RegistryError> {
+    fn manifest(
+        &self,
+        reference: &str,
+        pinned: Option<&Digest>,
+    ) -> Result<(Vec<u8>, Digest, Parsed), RegistryError> {
         let resp = self.get(&format!("manifests/{reference}"), Some(manifest::ACCEPT))?;
         let url = resp.get_url().to_string();
         let ct = resp.header("Content-Type").map(str::to_string);
-        let header_digest = resp.header("Docker-Content-Digest").and_then(|d| Digest::parse(d).ok());
+        let header_digest = resp
+            .header("Docker-Content-Digest")
+            .and_then(|d| Digest::parse(d).ok());
         let mut body = Vec::new();
         resp.into_reader()
             .take(manifest::MAX_JSON + 1)
             .read_to_end(&mut body)
-            .map_err(|e| RegistryError::Transport { url: url.clone(), msg: e.to_string() })?;
+            .map_err(|e| RegistryError::Transport {
+                url: url.clone(),
+                msg: e.to_string(),
+            })?;
         if body.len() as u64 > manifest::MAX_JSON {
-            return Err(RegistryError::Protocol(format!("{url}: manifest larger than {} bytes", manifest::MAX_JSON)));
+            return Err(RegistryError::Protocol(format!(
+                "{url}: manifest larger than {} bytes",
+                manifest::MAX_JSON
+            )));
         }
         let actual = Digest::of(&body);
         if let Some(expected) = pinned.or(header_digest.as_ref())
             && *expected != actual
         {
-            return Err(StoreError::DigestMismatch { what: format!("manifest {reference}"), expected: expected.clone(), actual }.into());
+            return Err(StoreError::DigestMismatch {
+                what: format!("manifest {reference}"),
+                expected: expected.clone(),
+                actual,
+            }
+            .into());
         }
         let parsed = manifest::parse(&body, ct.as_deref())?;
         Ok((body, actual, parsed))
@@ -279,7 +354,12 @@ impl Meter {
     fn add(&self, n: u64) {
         let d = self.done.fetch_add(n, Ordering::Relaxed) + n;
         if self.show {
-            eprint!("\r{}: {:.1}/{:.1} MB   ", self.name, d as f64 / 1e6, self.total as f64 / 1e6);
+            eprint!(
+                "\r{}: {:.1}/{:.1} MB   ",
+                self.name,
+                d as f64 / 1e6,
+                self.total as f64 / 1e6
+            );
         }
     }
     fn end(&self) {
@@ -290,7 +370,11 @@ impl Meter {
 }
 
 /// Pulls `reference` into `store`.
-pub fn pull(store: &Store, reference: &str, opts: &PullOptions) -> Result<PullReport, RegistryError> {
+pub fn pull(
+    store: &Store,
+    reference: &str,
+    opts: &PullOptions,
+) -> Result<PullReport, RegistryError> {
     let r = Reference::parse(reference)?;
     let client = Client::new(&r, opts)?;
     let (mut body, mut md, mut parsed) = client.manifest(&r.manifest_ref(), r.digest.as_ref())?;
@@ -308,14 +392,20 @@ pub fn pull(store: &Store, reference: &str, opts: &PullOptions) -> Result<PullRe
         store.read_blob(&cd, manifest::MAX_JSON)?
     } else {
         if m.config.size()? > manifest::MAX_JSON {
-            return Err(RegistryError::Protocol(format!("config {cd} larger than {} bytes", manifest::MAX_JSON)));
+            return Err(RegistryError::Protocol(format!(
+                "config {cd} larger than {} bytes",
+                manifest::MAX_JSON
+            )));
         }
         let resp = client.get(&format!("blobs/{cd}"), None)?;
         let mut b = Vec::new();
         resp.into_reader()
             .take(manifest::MAX_JSON)
             .read_to_end(&mut b)
-            .map_err(|e| RegistryError::Transport { url: format!("blob {cd}"), msg: e.to_string() })?;
+            .map_err(|e| RegistryError::Transport {
+                url: format!("blob {cd}"),
+                msg: e.to_string(),
+            })?;
         staging.add_bytes(&b, Some(&cd), "config")?;
         b
     };
@@ -328,7 +418,12 @@ pub fn pull(store: &Store, reference: &str, opts: &PullOptions) -> Result<PullRe
             present += 1;
             continue;
         }
-        todo.push((d, l.size()?, manifest::layer_compression(&l.media_type)?, Digest::parse(diff_id)?));
+        todo.push((
+            d,
+            l.size()?,
+            manifest::layer_compression(&l.media_type)?,
+            Digest::parse(diff_id)?,
+        ));
     }
     let meter = Meter {
         total: todo.iter().map(|t| t.1).sum(),
@@ -344,20 +439,32 @@ pub fn pull(store: &Store, reference: &str, opts: &PullOptions) -> Result<PullRe
                     let mut st = Staging::new(store);
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                        let Some((d, size, c, diff_id)) = todo.get(i) else { return Ok(st) };
+                        let Some((d, size, c, diff_id)) = todo.get(i) else {
+                            return Ok(st);
+                        };
                         let resp = client.get(&format!("blobs/{d}"), None)?;
                         let mut last = 0u64;
-                        st.add_stream(resp.into_reader(), d, Some(*size), Some((*c, diff_id)), &mut |n| {
-                            meter.add(n - last);
-                            last = n;
-                        })?;
+                        st.add_stream(
+                            resp.into_reader(),
+                            Some(d),
+                            Some(*size),
+                            Some((*c, diff_id)),
+                            &mut |n| {
+                                meter.add(n - last);
+                                last = n;
+                            },
+                        )?;
                     }
                 })
             })
             .collect();
         workers
             .into_iter()
-            .map(|w| w.join().unwrap_or_else(|_| Err(RegistryError::Protocol("a download thread panicked".into()))))
+            .map(|w| {
+                w.join().unwrap_or_else(|_| {
+                    Err(RegistryError::Protocol("a download thread panicked".into()))
+                })
+            })
             .collect()
     });
     meter.end();
@@ -366,7 +473,12 @@ pub fn pull(store: &Store, reference: &str, opts: &PullOptions) -> Result<PullRe
     }
     let key = r.index_key();
     staging.commit(&md, &m, std::slice::from_ref(&key))?;
-    Ok(PullReport { reference: key, manifest_digest: md, downloaded: meter.done.load(Ordering::Relaxed), layers_present: present })
+    Ok(PullReport {
+        reference: key,
+        manifest_digest: md,
+        downloaded: meter.done.load(Ordering::Relaxed),
+        layers_present: present,
+    })
 }
 
 #[cfg(test)]

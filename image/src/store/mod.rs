@@ -122,7 +122,11 @@ pub(crate) fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) 
 /// `$KRYPTON_HOME`, else the platform data dir: `$XDG_DATA_HOME/krypton` or
 /// `~/.local/share/krypton` on Linux, `%LOCALAPPDATA%\krypton` on Windows.
 pub fn default_home() -> Option<PathBuf> {
-    let env = |k| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(h) = env("KRYPTON_HOME") {
         return Some(h);
     }
@@ -192,7 +196,12 @@ static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 impl Store {
     /// Opens (creating as needed) the store at `home`.
     pub fn open(home: &Path) -> Result<Store, StoreError> {
-        for d in [home.to_path_buf(), home.join("blobs/sha256"), home.join("layers/sha256"), home.join("tmp")] {
+        for d in [
+            home.to_path_buf(),
+            home.join("blobs/sha256"),
+            home.join("layers/sha256"),
+            home.join("tmp"),
+        ] {
             fs::create_dir_all(&d).map_err(io_err("creating", &d))?;
         }
         let lp = home.join("lock");
@@ -203,7 +212,10 @@ impl Store {
             .write(true)
             .open(&lp)
             .map_err(io_err("opening", &lp))?;
-        Ok(Store { home: home.to_path_buf(), lock })
+        Ok(Store {
+            home: home.to_path_buf(),
+            lock,
+        })
     }
 
     /// The store's directory.
@@ -213,7 +225,9 @@ impl Store {
 
     /// Takes the store lock (blocking while another process holds it).
     pub fn lock(&self) -> Result<LockGuard<'_>, StoreError> {
-        self.lock.lock().map_err(io_err("locking", &self.home.join("lock")))?;
+        self.lock
+            .lock()
+            .map_err(io_err("locking", &self.home.join("lock")))?;
         Ok(LockGuard(&self.lock))
     }
 
@@ -224,7 +238,9 @@ impl Store {
 
     /// Where a layer blob's conversion lives.
     pub fn layer_path(&self, d: &Digest) -> PathBuf {
-        self.home.join("layers/sha256").join(format!("{}.erofs", d.hex()))
+        self.home
+            .join("layers/sha256")
+            .join(format!("{}.erofs", d.hex()))
     }
 
     /// Whether a blob is stored.
@@ -237,18 +253,32 @@ impl Store {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let name = format!("{}-{}-{nanos}", std::process::id(), TMP_SEQ.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "{}-{}-{nanos}",
+            std::process::id(),
+            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         let p = self.home.join("tmp").join(name);
-        let f = File::options().write(true).create_new(true).open(&p).map_err(io_err("creating", &p))?;
+        let f = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&p)
+            .map_err(io_err("creating", &p))?;
         Ok((p, f))
     }
 
     /// Reads a stored blob, at most `max` bytes.
     pub fn read_blob(&self, d: &Digest, max: u64) -> Result<Vec<u8>, StoreError> {
         let p = self.blob_path(d);
-        let len = fs::metadata(&p).map_err(|_| StoreError::MissingBlob(d.clone()))?.len();
+        let len = fs::metadata(&p)
+            .map_err(|_| StoreError::MissingBlob(d.clone()))?
+            .len();
         if len > max {
-            return Err(StoreError::SizeMismatch { what: format!("blob {d}"), expected: max, actual: len });
+            return Err(StoreError::SizeMismatch {
+                what: format!("blob {d}"),
+                expected: max,
+                actual: len,
+            });
         }
         fs::read(&p).map_err(io_err("reading", &p))
     }
@@ -269,8 +299,13 @@ impl Store {
     /// Replaces the index atomically. Call with the lock held.
     fn write_refs(&self, idx: &RefIndex) -> Result<(), StoreError> {
         let (tmp, mut f) = self.temp_file()?;
-        let body = serde_json::to_vec_pretty(idx).map_err(|e| StoreError::Index { path: tmp.clone(), err: e })?;
-        f.write_all(&body).and_then(|()| f.sync_all()).map_err(io_err("writing", &tmp))?;
+        let body = serde_json::to_vec_pretty(idx).map_err(|e| StoreError::Index {
+            path: tmp.clone(),
+            err: e,
+        })?;
+        f.write_all(&body)
+            .and_then(|()| f.sync_all())
+            .map_err(io_err("writing", &tmp))?;
         drop(f);
         let p = self.refs_path();
         fs::rename(&tmp, &p).map_err(io_err("replacing", &p))
@@ -281,14 +316,19 @@ impl Store {
         let b = self.read_blob(d, manifest::MAX_JSON)?;
         match manifest::parse(&b, None)? {
             Parsed::Manifest(m) => Ok(m),
-            Parsed::Index(_) => Err(ManifestError::MediaType("an index stored as an image".into()).into()),
+            Parsed::Index(_) => {
+                Err(ManifestError::MediaType("an index stored as an image".into()).into())
+            }
         }
     }
 
     /// The config of a stored image.
     pub fn config(&self, m: &Manifest) -> Result<ConfigFile, StoreError> {
         let d = m.config.digest("config digest")?;
-        Ok(ConfigFile::parse(&self.read_blob(&d, manifest::MAX_JSON)?, m.layers.len())?)
+        Ok(ConfigFile::parse(
+            &self.read_blob(&d, manifest::MAX_JSON)?,
+            m.layers.len(),
+        )?)
     }
 
     /// Finds the manifest digest of `reference`: a `name:tag` or `name@digest`
@@ -301,7 +341,9 @@ impl Store {
                 return Ok((r.index_key(), Digest::parse(&e.manifest)?));
             }
             if let Some(d) = &r.digest
-                && refs.refs.iter().any(|(k, e)| e.manifest == d.as_str() && k.starts_with(&format!("{}:", r.name())))
+                && refs.refs.iter().any(|(k, e)| {
+                    e.manifest == d.as_str() && k.starts_with(&format!("{}:", r.name()))
+                })
             {
                 return Ok((r.index_key(), d.clone()));
             }
@@ -311,11 +353,14 @@ impl Store {
             let mut found: Vec<(String, Digest)> = Vec::new();
             for (k, e) in &refs.refs {
                 let md = Digest::parse(&e.manifest)?;
-                let id = self.manifest(&md).ok().and_then(|m| m.config.digest("").ok());
-                if md.hex().starts_with(hex) || id.is_some_and(|i| i.hex().starts_with(hex)) {
-                    if found.iter().all(|(_, d)| *d != md) {
-                        found.push((k.clone(), md));
-                    }
+                let id = self
+                    .manifest(&md)
+                    .ok()
+                    .and_then(|m| m.config.digest("").ok());
+                if (md.hex().starts_with(hex) || id.is_some_and(|i| i.hex().starts_with(hex)))
+                    && found.iter().all(|(_, d)| *d != md)
+                {
+                    found.push((k.clone(), md));
                 }
             }
             match found.len() {
@@ -336,8 +381,15 @@ impl Store {
             let md = Digest::parse(&e.manifest)?;
             let m = self.manifest(&md)?;
             let cfg = self.config(&m)?;
-            let size = m.config.size()? + m.layers.iter().map(|l| l.size().unwrap_or(0)).sum::<u64>();
-            out.push(ImageInfo { reference: k, manifest: md, id: m.config.digest("config")?, created: cfg.created, size });
+            let size =
+                m.config.size()? + m.layers.iter().map(|l| l.size().unwrap_or(0)).sum::<u64>();
+            out.push(ImageInfo {
+                reference: k,
+                manifest: md,
+                id: m.config.digest("config")?,
+                created: cfg.created,
+                size,
+            });
         }
         Ok(out)
     }
@@ -349,9 +401,14 @@ impl Store {
         let _g = self.lock()?;
         let (key, md) = self.lookup(reference)?;
         let mut refs = self.read_refs()?;
-        let by_id = !refs.refs.contains_key(&key) || Reference::parse(reference).is_err();
+        let by_id = !Reference::parse(reference)
+            .is_ok_and(|r| r.index_key() == key && refs.refs.contains_key(&key));
         let removed: Vec<String> = if by_id {
-            refs.refs.iter().filter(|(_, e)| e.manifest == md.as_str()).map(|(k, _)| k.clone()).collect()
+            refs.refs
+                .iter()
+                .filter(|(_, e)| e.manifest == md.as_str())
+                .map(|(k, _)| k.clone())
+                .collect()
         } else {
             vec![key]
         };
@@ -416,7 +473,12 @@ impl Store {
     /// Points `key` at `manifest`. Call with the lock held, after the blobs are in.
     pub(crate) fn set_ref(&self, key: &str, manifest: &Digest) -> Result<(), StoreError> {
         let mut refs = self.read_refs()?;
-        refs.refs.insert(key.to_string(), RefEntry { manifest: manifest.to_string() });
+        refs.refs.insert(
+            key.to_string(),
+            RefEntry {
+                manifest: manifest.to_string(),
+            },
+        );
         self.write_refs(&refs)
     }
 }

@@ -43,7 +43,12 @@ impl Store {
             }
             layers.push(out);
         }
-        Ok(ResolvedImage { reference: key, manifest_digest: md.to_string(), config: cfg.image_config(), layers })
+        Ok(ResolvedImage {
+            reference: key,
+            manifest_digest: md.to_string(),
+            config: cfg.image_config(),
+            layers,
+        })
     }
 
     /// How many layers `resolve` would convert now (0 once converted).
@@ -59,15 +64,30 @@ impl Store {
         Ok(n)
     }
 
-    fn convert_layer(&self, d: &crate::digest::Digest, c: crate::manifest::Compression) -> Result<(), StoreError> {
+    fn convert_layer(
+        &self,
+        d: &crate::digest::Digest,
+        c: crate::manifest::Compression,
+    ) -> Result<(), StoreError> {
         let src = self.blob_path(d);
         let f = File::open(&src).map_err(|_| StoreError::MissingBlob(d.clone()))?;
-        let tar = decoder(BufReader::with_capacity(1 << 20, f), c).map_err(|source| StoreError::Layer { digest: d.clone(), source })?;
+        let tar = decoder(BufReader::with_capacity(1 << 20, f), c).map_err(|source| {
+            StoreError::Layer {
+                digest: d.clone(),
+                source,
+            }
+        })?;
         let (tmp, out) = self.temp_file()?;
         let mut w = BufWriter::with_capacity(1 << 20, out);
         let res = erofs::convert(tar, &mut w, &Limits::default())
-            .map_err(|source| StoreError::Convert { digest: d.clone(), source })
-            .and_then(|_| w.into_inner().map_err(|e| io_err("writing", &tmp)(e.into_error())))
+            .map_err(|source| StoreError::Convert {
+                digest: d.clone(),
+                source,
+            })
+            .and_then(|_| {
+                w.into_inner()
+                    .map_err(|e| io_err("writing", &tmp)(e.into_error()))
+            })
             .and_then(|f| f.sync_all().map_err(io_err("writing", &tmp)));
         let dst = self.layer_path(d);
         let res = res.and_then(|()| fs::rename(&tmp, &dst).map_err(io_err("storing", &dst)));

@@ -26,7 +26,9 @@ struct Remember<R> {
 
 impl<R: Read> Read for Remember<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf).inspect_err(|e| self.error = Some(e.to_string()))
+        self.inner
+            .read(buf)
+            .inspect_err(|e| self.error = Some(e.to_string()))
     }
 }
 
@@ -34,7 +36,10 @@ impl<R: Read> Read for Remember<R> {
 pub(crate) fn decoder<'r, R: Read + 'r>(r: R, c: Compression) -> io::Result<Box<dyn Read + 'r>> {
     Ok(match c {
         Compression::None => Box::new(r),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(256 << 10, r))),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
+            256 << 10,
+            r,
+        ))),
         Compression::Zstd => Box::new(
             ruzstd::decoding::StreamingDecoder::new(BufReader::with_capacity(256 << 10, r))
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("zstd: {e}")))?,
@@ -45,7 +50,10 @@ pub(crate) fn decoder<'r, R: Read + 'r>(r: R, c: Compression) -> io::Result<Box<
 impl<'a> Staging<'a> {
     /// Starts staging into `store`.
     pub fn new(store: &'a Store) -> Self {
-        Staging { store, files: Vec::new() }
+        Staging {
+            store,
+            files: Vec::new(),
+        }
     }
 
     /// Takes over another staging's files (from a download thread).
@@ -54,12 +62,21 @@ impl<'a> Staging<'a> {
     }
 
     /// Stages `bytes`, checking them against `expected` when given.
-    pub fn add_bytes(&mut self, bytes: &[u8], expected: Option<&Digest>, what: &str) -> Result<Digest, StoreError> {
+    pub fn add_bytes(
+        &mut self,
+        bytes: &[u8],
+        expected: Option<&Digest>,
+        what: &str,
+    ) -> Result<Digest, StoreError> {
         let actual = Digest::of(bytes);
         if let Some(e) = expected
             && *e != actual
         {
-            return Err(StoreError::DigestMismatch { what: what.into(), expected: e.clone(), actual });
+            return Err(StoreError::DigestMismatch {
+                what: what.into(),
+                expected: e.clone(),
+                actual,
+            });
         }
         if self.store.has_blob(&actual) || self.files.iter().any(|(_, d)| *d == actual) {
             return Ok(actual);
@@ -77,28 +94,72 @@ impl<'a> Staging<'a> {
     pub fn add_stream<R: Read>(
         &mut self,
         r: R,
-        expected: &Digest,
+        expected: Option<&Digest>,
         size: Option<u64>,
         layer: Option<(Compression, &Digest)>,
         progress: &mut dyn FnMut(u64),
-    ) -> Result<(), StoreError> {
-        let what = || format!("blob {expected}");
+    ) -> Result<Digest, StoreError> {
+        let unknown = Digest::of(b"");
+        let expected_or = expected.unwrap_or(&unknown);
+        let what = || match expected {
+            Some(e) => format!("blob {e}"),
+            None => "blob".to_string(),
+        };
         let (p, f) = self.store.temp_file()?;
-        self.files.push((p.clone(), expected.clone()));
+        self.files.push((p.clone(), expected_or.clone()));
+        let slot = self.files.len() - 1;
         let f = io::BufWriter::with_capacity(1 << 20, f);
-        let mut src = Remember { inner: r, error: None };
+        let mut src = Remember {
+            inner: r,
+            error: None,
+        };
         let mut tee = Tee::new(&mut src, f, size.unwrap_or(64 << 30));
         let read_err = |e: io::Error, remembered: Option<String>| match remembered {
-            Some(net) => StoreError::Io { what: "downloading", path: PathBuf::from(what()), source: io::Error::other(net) },
-            None => StoreError::Layer { digest: expected.clone(), source: e },
+            Some(net) => StoreError::Io {
+                what: "downloading",
+                path: PathBuf::from(what()),
+                source: io::Error::other(net),
+            },
+            None => StoreError::Layer {
+                digest: expected_or.clone(),
+                source: e,
+            },
         };
-        let mut counted = Progress { tee: &mut tee, progress, last: 0 };
+        let mut counted = Progress {
+            tee: &mut tee,
+            progress,
+            last: 0,
+        };
         let diff = match layer {
             Some((c, diff_id)) => {
                 let mut sink = HashSink::default();
                 let res = decoder(&mut counted, c).and_then(|mut d| io::copy(&mut d, &mut sink));
                 if let Err(e) = res {
                     let net = src_error(&counted);
+                    if net.is_none() && counted.drain().is_ok() {
+                        // Bytes that are not what was announced explain
+                        // a decompression failure best.
+                        let count = tee.count;
+                        let (actual, _) = tee.finish();
+                        if let Some(exp) = expected
+                            && actual != *exp
+                        {
+                            return Err(StoreError::DigestMismatch {
+                                what: what(),
+                                expected: exp.clone(),
+                                actual,
+                            });
+                        }
+                        if let Some(s) = size
+                            && s != count
+                        {
+                            return Err(StoreError::SizeMismatch {
+                                what: what(),
+                                expected: s,
+                                actual: count,
+                            });
+                        }
+                    }
                     return Err(read_err(e, net));
                 }
                 Some((sink.finish(), diff_id))
@@ -111,27 +172,49 @@ impl<'a> Staging<'a> {
         }
         let count = tee.count;
         let (actual, w) = tee.finish();
-        let f = w.into_inner().map_err(|e| io_err("writing", &p)(e.into_error()))?;
+        let f = w
+            .into_inner()
+            .map_err(|e| io_err("writing", &p)(e.into_error()))?;
         drop(f);
         if let Some(s) = size
             && s != count
         {
-            return Err(StoreError::SizeMismatch { what: what(), expected: s, actual: count });
+            return Err(StoreError::SizeMismatch {
+                what: what(),
+                expected: s,
+                actual: count,
+            });
         }
-        if actual != *expected {
-            return Err(StoreError::DigestMismatch { what: what(), expected: expected.clone(), actual });
+        if let Some(e) = expected
+            && actual != *e
+        {
+            return Err(StoreError::DigestMismatch {
+                what: what(),
+                expected: e.clone(),
+                actual,
+            });
         }
         if let Some((got, want)) = diff
             && got != *want
         {
-            return Err(StoreError::DigestMismatch { what: format!("layer {expected} (uncompressed)"), expected: want.clone(), actual: got });
+            return Err(StoreError::DigestMismatch {
+                what: format!("layer {actual} (uncompressed)"),
+                expected: want.clone(),
+                actual: got,
+            });
         }
-        Ok(())
+        self.files[slot].1 = actual.clone();
+        Ok(actual)
     }
 
     /// Moves the staged blobs in, checks the image is complete, and points
     /// `keys` at `manifest_digest`, all under the store lock.
-    pub fn commit(mut self, manifest_digest: &Digest, manifest: &Manifest, keys: &[String]) -> Result<(), StoreError> {
+    pub fn commit(
+        mut self,
+        manifest_digest: &Digest,
+        manifest: &Manifest,
+        keys: &[String],
+    ) -> Result<(), StoreError> {
         let _g = self.store.lock()?;
         for (tmp, d) in std::mem::take(&mut self.files) {
             let dst = self.store.blob_path(&d);
