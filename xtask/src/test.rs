@@ -18,6 +18,7 @@ const WINDOWS_CRATES: &[&str] = &[
     "krypton-devices",
     "krypton-boot",
     "krypton-protocol",
+    "krypton-image",
 ];
 const WINDOWS_TARGET: &str = "x86_64-pc-windows-gnu";
 

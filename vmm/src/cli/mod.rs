@@ -4,6 +4,7 @@
 mod boot;
 mod console;
 mod devices;
+mod image;
 mod image_run;
 mod run;
 mod snapshot;
@@ -52,6 +53,16 @@ enum Command {
     /// Manage the VM templates `krypton run` starts containers from.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCmd),
+    /// Pull an image from a registry into the image store.
+    Pull(image::PullArgs),
+    /// Load images from a docker save archive or an OCI image layout.
+    Load(image::LoadArgs),
+    /// List the images in the store.
+    Images,
+    /// Remove image references (blobs stay until prune).
+    Rmi(image::RmiArgs),
+    /// Remove blobs and converted layers no image references.
+    Prune,
 }
 
 #[derive(clap::Args, Debug)]
@@ -113,7 +124,7 @@ pub fn main() -> ExitCode {
             }
             if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
                 return fail(
-                    "a subcommand is required: boot, run or selftest (see 'krypton --help')",
+                    "a subcommand is required: boot, run, pull, images or selftest (see 'krypton --help')",
                 );
             }
             return fail(&format!(
@@ -137,6 +148,11 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Selftest(args) => selftest(args),
         Command::Snapshot(cmd) => snapshot::run(cmd),
+        Command::Pull(args) => image::pull(args),
+        Command::Load(args) => image::load(args),
+        Command::Images => image::images(),
+        Command::Rmi(args) => image::rmi(args),
+        Command::Prune => image::prune(),
     }
 }
 
