@@ -12,6 +12,7 @@
 //! ignored with the reason, never as passed.
 
 mod cases;
+mod image_cases;
 mod net_cases;
 mod support;
 
@@ -48,6 +49,10 @@ const CASES: &[(&str, Case)] = &[
     (
         "restores_are_fresh_and_cold_boot_works",
         cases::restores_are_fresh_and_cold_boot_works,
+    ),
+    (
+        "image_crafted_layers_run_with_their_config",
+        image_cases::crafted_image_runs_with_its_config,
     ),
 ];
 

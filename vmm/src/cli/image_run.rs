@@ -6,19 +6,7 @@ use std::path::PathBuf;
 use krypton_protocol::{ImageRoot, Layer};
 
 /// What an image says about how to run it (docker's config fields).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ImageDefaults {
-    /// Entrypoint; `None` when the image sets none.
-    pub entrypoint: Option<Vec<String>>,
-    /// Cmd; `None` when the image sets none.
-    pub cmd: Option<Vec<String>>,
-    /// `KEY=VALUE` entries.
-    pub env: Vec<String>,
-    /// WorkingDir (empty: `/`).
-    pub working_dir: String,
-    /// User (empty: root).
-    pub user: String,
-}
+pub use krypton_image::store::ImageConfig as ImageDefaults;
 
 /// The command line's say, before the image's defaults.
 #[derive(Debug, Default)]
@@ -86,6 +74,16 @@ pub fn process(image: &ImageDefaults, o: &Overrides<'_>) -> Result<Process, Stri
         cwd: o.workdir.unwrap_or(&image.working_dir).to_owned(),
         user: o.user.unwrap_or(&image.user).to_owned(),
     })
+}
+
+/// Looks `reference` up in the image store (`$KRYPTON_HOME`) and returns
+/// its layer images (converted once per layer) and its config.
+pub fn from_store(reference: &str) -> Result<(Vec<PathBuf>, ImageDefaults), String> {
+    use krypton_image::store::{Store, default_home};
+    let home = default_home().ok_or("no image store directory (set KRYPTON_HOME)")?;
+    let store = Store::open(&home).map_err(|e| super::one_line(&e))?;
+    let img = store.resolve(reference).map_err(|e| super::one_line(&e))?;
+    Ok((img.layers, img.config))
 }
 
 /// The guest's name of the `index`th virtio-blk disk (vda, vdb, ...).

@@ -53,8 +53,11 @@ pub struct RunArgs {
     pub entrypoint: Option<String>,
     /// Run on these read-only EROFS layer images, bottom first (repeatable),
     /// stacked under a tmpfs upper layer, instead of the default rootfs.
-    #[arg(long = "layer")]
+    #[arg(long = "layer", conflicts_with = "image")]
     pub layers: Vec<PathBuf>,
+    /// The image to run (`krypton pull`/`load` put it in the store; see
+    /// `krypton images`); without one, the default busybox rootfs.
+    pub image: Option<String>,
     /// Container memory limit in MiB (the VM gets 128 MiB more; without
     /// it the VM has 512 MiB, 256 MiB on kvm_pvm hosts).
     #[arg(long)]
@@ -298,6 +301,14 @@ fn run_inner(args: RunArgs, template_only: bool) -> Result<u8, String> {
     let vm_mem = args
         .memory
         .map_or(base_mem, |m| m.saturating_add(128).max(256));
+    if !template_only && args.image.is_none() && args.layers.is_empty() && args.command.is_empty() {
+        return Err("no command: krypton run [IMAGE] [-- COMMAND [ARG...]]".into());
+    }
+    // The image's layers (converted once, on first use) and config.
+    let (layer_files, image_config) = match &args.image {
+        Some(r) if !template_only => image_run::from_store(r)?,
+        _ => (args.layers.clone(), ImageDefaults::default()),
+    };
     let devices = DeviceArgs {
         disks: vec![DiskArg {
             path: rootfs,
@@ -314,22 +325,22 @@ fn run_inner(args: RunArgs, template_only: bool) -> Result<u8, String> {
             })
             .collect(),
         net: args.net.clone(),
-        layers: Some(args.layers.clone()),
+        layers: Some(layer_files.clone()),
         ..DeviceArgs::default()
     };
-    let image = if args.layers.is_empty() {
+    let image = if layer_files.is_empty() {
         None
     } else {
         Some(image_run::image_root(
             image_run::guest_disk(devices.disks.len())?,
-            &args.layers,
+            &layer_files,
         )?)
     };
     let process = if template_only {
         image_run::Process::default()
     } else {
         image_run::process(
-            &ImageDefaults::default(),
+            &image_config,
             &Overrides {
                 entrypoint: args.entrypoint.as_deref(),
                 command: &args.command,
