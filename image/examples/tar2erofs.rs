@@ -15,6 +15,7 @@ fn main() -> Result<()> {
     let mut out = File::create(output).with_context(|| format!("creating {output}"))?;
     let t = std::time::Instant::now();
     let stats = krypton_image::erofs::convert(tar, &mut out, &Default::default()).context("converting")?;
+    out.sync_all().context("syncing the image")?;
     eprintln!("{stats:?} in {:.3} s", t.elapsed().as_secs_f64());
     Ok(())
 }
