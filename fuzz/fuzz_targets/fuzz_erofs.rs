@@ -17,7 +17,10 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let mut out = Cursor::new(Vec::new());
     if let Ok(stats) = convert(Cursor::new(data), &mut out, &limits) {
         let len = out.get_ref().len() as u64;
-        assert!(len <= limits.max_image_bytes, "image of {len} bytes passed the limit");
+        assert!(
+            len <= limits.max_image_bytes,
+            "image of {len} bytes passed the limit"
+        );
         assert_eq!(len, stats.image_bytes);
         assert!(stats.entries <= limits.max_entries);
     }

@@ -56,7 +56,10 @@ fn scratch_root() -> PathBuf {
 fn run(cmd: &mut Command) -> Result<()> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -70,10 +73,14 @@ fn tree_size(dir: &Path) -> (u64, u64) {
     let (mut bytes, mut n) = (0, 0);
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             n += 1;
-            let Ok(md) = e.path().symlink_metadata() else { continue };
+            let Ok(md) = e.path().symlink_metadata() else {
+                continue;
+            };
             if md.is_dir() {
                 stack.push(e.path());
             } else if md.is_file() {
@@ -88,10 +95,17 @@ fn tree_size(dir: &Path) -> (u64, u64) {
 fn build_converter() -> Result<PathBuf> {
     let root = crate::cache::workspace_root();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    run(Command::new(cargo)
-        .current_dir(&root)
-        .args(["build", "--quiet", "--release", "-p", "krypton-image", "--example", "tar2erofs"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    run(Command::new(cargo).current_dir(&root).args([
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "krypton-image",
+        "--example",
+        "tar2erofs",
+    ]))?;
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     Ok(target.join("release/examples/tar2erofs"))
 }
 
@@ -101,7 +115,8 @@ fn children_cpu() -> Duration {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: ru is a valid, writable rusage.
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
-    let tv = |t: libc::timeval| Duration::from_micros(t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64);
+    let tv =
+        |t: libc::timeval| Duration::from_micros(t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64);
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
@@ -136,11 +151,18 @@ fn bench_in(dirs: &[PathBuf], label: &str, scratch: &Path, tree: &Path) -> Resul
     pack.args(["--numeric-owner", "-cf"]).arg(&tar);
     for d in dirs {
         let parent = d.parent().unwrap_or(Path::new("/"));
-        let name = d.file_name().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+        let name = d
+            .file_name()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
         pack.arg("-C").arg(parent).arg(name);
     }
     run(&mut pack)?;
-    run(Command::new("tar").args(["--numeric-owner", "-xf"]).arg(&tar).arg("-C").arg(tree))?;
+    run(Command::new("tar")
+        .args(["--numeric-owner", "-xf"])
+        .arg(&tar)
+        .arg("-C")
+        .arg(tree))?;
     let (bytes, entries) = tree_size(tree);
     let tar_len = std::fs::metadata(&tar)?.len();
     println!(
@@ -150,8 +172,7 @@ fn bench_in(dirs: &[PathBuf], label: &str, scratch: &Path, tree: &Path) -> Resul
     );
     let ext4_size = (bytes + entries * 4096) * 3 / 2 + (64 << 20);
     let conv = build_converter()?;
-    let mut tools: Vec<Tool> =
-        vec![("krypton tar→EROFS", scratch.join("ours.img"), Vec::new(), 0)];
+    let mut tools: Vec<Tool> = vec![("krypton tar→EROFS", scratch.join("ours.img"), Vec::new(), 0)];
     for (name, pkg) in [("mkfs.erofs", "erofs-utils"), ("mkfs.ext4 -d", "e2fsprogs")] {
         let bin = name.split(' ').next().unwrap_or(name);
         if have(bin) {
@@ -173,7 +194,9 @@ fn bench_in(dirs: &[PathBuf], label: &str, scratch: &Path, tree: &Path) -> Resul
                 "mkfs.ext4 -d" => {
                     File::create(&*img)?.set_len(ext4_size)?;
                     let mut c = Command::new("mkfs.ext4");
-                    c.args(["-q", "-F", "-b", "4096", "-d"]).arg(tree).arg(&*img);
+                    c.args(["-q", "-F", "-b", "4096", "-d"])
+                        .arg(tree)
+                        .arg(&*img);
                     c
                 }
                 _ => {
@@ -198,7 +221,10 @@ fn bench_in(dirs: &[PathBuf], label: &str, scratch: &Path, tree: &Path) -> Resul
         med.push((median(&mut w), median(&mut c)));
     }
     let mbps = |d: Duration| bytes as f64 / 1e6 / d.as_secs_f64().max(1e-9);
-    println!("{:<20} {:>9} {:>9} {:>9} {:>9} {:>9}", "converter", "wall ms", "MB/s", "CPU ms", "MB/CPU-s", "image MB");
+    println!(
+        "{:<20} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "converter", "wall ms", "MB/s", "CPU ms", "MB/CPU-s", "image MB"
+    );
     for ((name, _, _, size), &(w, c)) in tools.iter().zip(&med) {
         println!(
             "{name:<20} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",

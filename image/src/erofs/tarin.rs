@@ -53,7 +53,12 @@ fn pax_u32(v: &[u8], what: &str, path: &str) -> Result<u32, ConvertError> {
     std::str::from_utf8(v)
         .ok()
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| ConvertError::BadPax(format!("{path}: bad {what} {:?}", String::from_utf8_lossy(v))))
+        .ok_or_else(|| {
+            ConvertError::BadPax(format!(
+                "{path}: bad {what} {:?}",
+                String::from_utf8_lossy(v)
+            ))
+        })
 }
 
 fn read_meta<R: Read>(
@@ -83,7 +88,10 @@ fn read_meta<R: Read>(
             b"gid" => m.gid = pax_u32(v, "gid", shown)?,
             b"mtime" => {
                 (m.mtime, m.mtime_nsec) = pax_time(v).ok_or_else(|| {
-                    ConvertError::BadPax(format!("{shown}: bad mtime {:?}", String::from_utf8_lossy(v)))
+                    ConvertError::BadPax(format!(
+                        "{shown}: bad mtime {:?}",
+                        String::from_utf8_lossy(v)
+                    ))
                 })?;
             }
             _ if k.starts_with(b"GNU.sparse.") => {
@@ -93,7 +101,9 @@ fn read_meta<R: Read>(
                 });
             }
             _ => {
-                let Some(name) = k.strip_prefix(b"SCHILY.xattr.") else { continue };
+                let Some(name) = k.strip_prefix(b"SCHILY.xattr.") else {
+                    continue;
+                };
                 match format::xattr_split(name) {
                     Some((idx, suffix)) if suffix.len() <= 255 && v.len() <= 0xffff => {
                         m.xattrs.insert((idx, suffix.to_vec()), v.to_vec());
@@ -106,15 +116,25 @@ fn read_meta<R: Read>(
                     }
                     None => {
                         stats.xattrs_skipped += 1;
-                        log::debug!("{shown}: xattr {} has no EROFS prefix; skipped", String::from_utf8_lossy(name));
+                        log::debug!(
+                            "{shown}: xattr {} has no EROFS prefix; skipped",
+                            String::from_utf8_lossy(name)
+                        );
                     }
                 }
             }
         }
     }
-    let size = format::xattr_body_size(m.xattrs.iter().map(|((_, k), v)| (k.as_slice(), v.as_slice())));
+    let size = format::xattr_body_size(
+        m.xattrs
+            .iter()
+            .map(|((_, k), v)| (k.as_slice(), v.as_slice())),
+    );
     if size > limits.max_xattr_bytes.min(MAX_XATTR_BODY) {
-        return Err(ConvertError::XattrTooLarge { path: shown.to_string(), max: limits.max_xattr_bytes });
+        return Err(ConvertError::XattrTooLarge {
+            path: shown.to_string(),
+            max: limits.max_xattr_bytes,
+        });
     }
     Ok(m)
 }
@@ -123,7 +143,15 @@ fn read_meta<R: Read>(
 const MAX_XATTR_BODY: usize = 12 + 0xfffe * 4;
 
 fn node(m: Meta, kind: Kind) -> Inode {
-    Inode { perm: m.perm, uid: m.uid, gid: m.gid, mtime: m.mtime, mtime_nsec: m.mtime_nsec, xattrs: m.xattrs, kind }
+    Inode {
+        perm: m.perm,
+        uid: m.uid,
+        gid: m.gid,
+        mtime: m.mtime,
+        mtime_nsec: m.mtime_nsec,
+        xattrs: m.xattrs,
+        kind,
+    }
 }
 
 /// Reads the whole tar into `tree`, streaming file data into `data`.
@@ -165,7 +193,11 @@ pub(crate) fn read_layer<R: Read, W: Write + Seek>(
                 }
                 let mut target = parent.to_vec();
                 target.push(hidden.to_vec());
-                let m = Meta { perm: 0, xattrs: Xattrs::new(), ..m };
+                let m = Meta {
+                    perm: 0,
+                    xattrs: Xattrs::new(),
+                    ..m
+                };
                 tree.insert(&target, node(m, Kind::Char(0)))?;
                 stats.whiteouts += 1;
                 continue;
@@ -174,13 +206,19 @@ pub(crate) fn read_layer<R: Read, W: Write + Seek>(
         let kind = match ty {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let size = e.size();
-                let xs = format::xattr_body_size(m.xattrs.iter().map(|((_, k), v)| (k.as_slice(), v.as_slice())));
+                let xs = format::xattr_body_size(
+                    m.xattrs
+                        .iter()
+                        .map(|((_, k), v)| (k.as_slice(), v.as_slice())),
+                );
                 let room = BLK_USIZE.saturating_sub(EXTENDED_SIZE + xs);
                 let d = data.write_file(&mut e, size, room)?;
                 Kind::File { size, data: d }
             }
             EntryType::Link => {
-                let target = e.link_name_bytes().ok_or_else(|| ConvertError::BadName(shown.clone()))?;
+                let target = e
+                    .link_name_bytes()
+                    .ok_or_else(|| ConvertError::BadName(shown.clone()))?;
                 let target = normalize(&target, limits.max_path)?;
                 if target != path {
                     tree.link(&path, &target)?;
@@ -188,12 +226,18 @@ pub(crate) fn read_layer<R: Read, W: Write + Seek>(
                 continue;
             }
             EntryType::Symlink => {
-                let t = e.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
+                let t = e
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
                 if t.is_empty() || t.contains(&0) {
                     return Err(ConvertError::BadName(format!("{shown} (symlink target)")));
                 }
                 if t.len() > limits.max_path {
-                    return Err(ConvertError::PathTooLong { path: shown, max: limits.max_path });
+                    return Err(ConvertError::PathTooLong {
+                        path: shown,
+                        max: limits.max_path,
+                    });
                 }
                 Kind::Symlink(t)
             }
@@ -203,7 +247,11 @@ pub(crate) fn read_layer<R: Read, W: Write + Seek>(
                 let minor = h.device_minor().map_err(tar_err)?.unwrap_or(0);
                 let rdev = format::encode_dev(major, minor)
                     .ok_or_else(|| ConvertError::BadDevice(format!("{shown}: {major}:{minor}")))?;
-                if ty == EntryType::Char { Kind::Char(rdev) } else { Kind::Block(rdev) }
+                if ty == EntryType::Char {
+                    Kind::Char(rdev)
+                } else {
+                    Kind::Block(rdev)
+                }
             }
             EntryType::Fifo => Kind::Fifo,
             EntryType::Directory => Kind::Dir(Default::default()),
@@ -226,7 +274,10 @@ mod tests {
     #[test]
     fn pax_times_parse() {
         assert_eq!(pax_time(b"1700000000"), Some((1_700_000_000, 0)));
-        assert_eq!(pax_time(b"1700000000.5"), Some((1_700_000_000, 500_000_000)));
+        assert_eq!(
+            pax_time(b"1700000000.5"),
+            Some((1_700_000_000, 500_000_000))
+        );
         assert_eq!(pax_time(b"1.123456789123"), Some((1, 123_456_789)));
         assert_eq!(pax_time(b"-1.5"), Some((-2, 500_000_000)));
         assert_eq!(pax_time(b"x"), None);
