@@ -440,3 +440,73 @@ fn tails_without_inline_budget_still_read_back() {
     }
     let _ = image;
 }
+
+/// A real directory tree packed by the tar crate: the mounted image's
+/// lstat listing (mode, owner, size, mtime, link target, contents) equals
+/// the tree's own.
+#[cfg(target_os = "linux")]
+#[test]
+fn mounted_image_matches_the_source_tree() {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let src = std::env::temp_dir().join(format!("krypton-erofs-src-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&src);
+    let mk = |p: &str| std::fs::create_dir_all(src.join(p)).expect("mkdir");
+    mk("usr/bin");
+    mk("etc/ssl/certs");
+    mk("var/empty");
+    for (i, n) in [0usize, 3, 4095, 4096, 5000, 65_536, 300_000]
+        .iter()
+        .enumerate()
+    {
+        std::fs::write(src.join(format!("usr/bin/f{i}")), pattern(*n, i as u8)).expect("write");
+    }
+    std::fs::write(src.join("etc/ssl/certs/ca.pem"), b"cert").expect("write");
+    symlink("../../usr/bin/f1", src.join("etc/ssl/link")).expect("symlink");
+    let perm = |p: &str, m: u32| {
+        std::fs::set_permissions(src.join(p), std::fs::Permissions::from_mode(m)).expect("chmod")
+    };
+    perm("usr/bin/f1", 0o4755);
+    perm("var/empty", 0o1777);
+    perm("etc/ssl/certs/ca.pem", 0o600);
+    let mut b = tar::Builder::new(Vec::new());
+    b.mode(tar::HeaderMode::Complete);
+    b.follow_symlinks(false);
+    b.append_dir_all(".", &src).expect("pack");
+    let tar = b.into_inner().expect("tar");
+    let image = convert(&tar);
+    let c = common::Checked::new(&image, "tree");
+    let want = {
+        let m = common::Checked {
+            img: src.clone(),
+            mnt: Some(src.clone()),
+            dir: None,
+        };
+        m.listing()
+    };
+    let _ = std::fs::remove_dir_all(&src);
+    let (Some(got), Some(mut want)) = (c.listing(), want) else {
+        return;
+    };
+    let strip = |m: &mut std::collections::BTreeMap<String, common::Node>| {
+        for n in m.values_mut() {
+            // Not kept by tar or not comparable across filesystems.
+            n.ino = 0;
+            n.blocks = 0;
+            n.mtime_nsec = 0;
+            n.xattrs.clear();
+            if n.mode & 0o170000 == 0o040000 {
+                n.size = 0;
+            }
+        }
+    };
+    let mut got = got;
+    strip(&mut got);
+    strip(&mut want);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (k, w) in &want {
+        assert_eq!(&got[k], w, "{k}");
+    }
+}

@@ -202,7 +202,8 @@ mod linux {
 
     /// An image written to disk, checked with fsck, and mounted if possible.
     pub struct Checked {
-        dir: PathBuf,
+        /// Scratch dir removed on drop (None: a plain directory view).
+        pub dir: Option<PathBuf>,
         pub img: PathBuf,
         pub mnt: Option<PathBuf>,
     }
@@ -235,7 +236,11 @@ mod linux {
                     None
                 }
             };
-            Checked { dir, img, mnt }
+            Checked {
+                dir: Some(dir),
+                img,
+                mnt,
+            }
         }
 
         /// Every path under the mount (relative, "" for the root).
@@ -249,10 +254,11 @@ mod linux {
 
     impl Drop for Checked {
         fn drop(&mut self) {
+            let Some(dir) = &self.dir else { return };
             if let Some(m) = &self.mnt {
                 let _ = Command::new("umount").arg(m).output();
             }
-            let _ = std::fs::remove_dir_all(&self.dir);
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 
