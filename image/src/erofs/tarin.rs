@@ -8,7 +8,7 @@ use std::io::{Read, Seek, Write};
 use tar::EntryType;
 
 use super::data::DataWriter;
-use super::format::{self, BLK_USIZE, EXTENDED_SIZE};
+use super::format::{self, BLK, BLK_USIZE, EXTENDED_SIZE};
 use super::tree::{Inode, Kind, OPAQUE, Tree, Xattrs, join, normalize};
 use super::{ConvertError, Limits, Stats};
 
@@ -163,10 +163,15 @@ pub(crate) fn read_layer<R: Read, W: Write + Seek>(
     stats: &mut Stats,
 ) -> Result<(), ConvertError> {
     let mut ar = tar::Archive::new(tar);
+    // Metadata held in memory until the end, as image bytes: checked
+    // against the size limit as it grows, so xattrs and names of a hostile
+    // layer cannot take more memory than the image may take disk.
+    let mut meta = 0u64;
     for e in ar.entries().map_err(tar_err)? {
         let mut e = e.map_err(tar_err)?;
         stats.entries += 1;
-        if stats.entries > limits.max_entries {
+        // Implicit parent directories count as entries too.
+        if stats.entries > limits.max_entries || tree.inodes.len() as u64 > limits.max_entries + 1 {
             return Err(ConvertError::TooManyEntries(limits.max_entries));
         }
         let ty = e.header().entry_type();
@@ -176,6 +181,13 @@ pub(crate) fn read_layer<R: Read, W: Write + Seek>(
         let path = normalize(&e.path_bytes(), limits.max_path)?;
         let shown = join(&path);
         let m = read_meta(&mut e, &shown, limits, stats)?;
+        let xattr_bytes: usize = m
+            .xattrs
+            .iter()
+            .map(|((_, k), v)| 8 + k.len() + v.len())
+            .sum();
+        meta += (EXTENDED_SIZE + 16 + path.last().map_or(0, Vec::len) + xattr_bytes) as u64;
+        data.reserve(meta.div_ceil(BLK))?;
         if let Some((name, parent)) = path.split_last() {
             if name == b".wh..wh..opq" {
                 let dir = tree.ensure_dir(parent)?;
@@ -263,6 +275,9 @@ pub(crate) fn read_layer<R: Read, W: Write + Seek>(
             }
         };
         tree.insert(&path, node(m, kind))?;
+    }
+    if tree.inodes.len() as u64 > limits.max_entries + 1 {
+        return Err(ConvertError::TooManyEntries(limits.max_entries));
     }
     Ok(())
 }
