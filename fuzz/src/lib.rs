@@ -12,6 +12,7 @@ use std::fs::File;
 use std::sync::{Arc, OnceLock};
 
 use krypton_devices::GuestMem;
+use krypton_devices::virtio::blk::backing::Backing;
 use krypton_devices::virtio::blk::request::Disk;
 use krypton_devices::virtio::worker::drain_queue;
 use krypton_devices::virtio::{InterruptKind, VirtioInterrupt};
@@ -56,7 +57,7 @@ fn disk() -> &'static Disk {
         file.set_len(SECTORS * 512).expect("scratch image size");
         // Unlinked at once on Unix; the open file lives for the process.
         let _ = std::fs::remove_file(&path);
-        Disk::new(file, SECTORS, false, *b"krypton-fuzz-disk-00")
+        Disk::new(Backing::File(file), SECTORS, false, *b"krypton-fuzz-disk-00")
     })
 }
 

@@ -11,10 +11,15 @@ fn main() -> Result<()> {
     let [input, output] = args.as_slice() else {
         bail!("usage: tar2erofs LAYER.tar OUT.img");
     };
-    let tar = BufReader::with_capacity(1 << 20, File::open(input).with_context(|| format!("opening {input}"))?);
+    let tar = BufReader::with_capacity(
+        1 << 20,
+        File::open(input).with_context(|| format!("opening {input}"))?,
+    );
     let mut out = File::create(output).with_context(|| format!("creating {output}"))?;
     let t = std::time::Instant::now();
-    let stats = krypton_image::erofs::convert(tar, &mut out, &Default::default()).context("converting")?;
+    let stats =
+        krypton_image::erofs::convert(tar, &mut out, &Default::default()).context("converting")?;
+    out.sync_all().context("syncing the image")?;
     eprintln!("{stats:?} in {:.3} s", t.elapsed().as_secs_f64());
     Ok(())
 }

@@ -64,7 +64,10 @@ fn truncated_tar_is_an_error() {
     l.file("a", 0o644, b"x").file("b", 0o644, b"y");
     let tar = l.bytes();
     let e = err(&tar[..1024 + 100], &Limits::default());
-    assert!(matches!(e, ConvertError::Truncated | ConvertError::Tar(_)), "{e}");
+    assert!(
+        matches!(e, ConvertError::Truncated | ConvertError::Tar(_)),
+        "{e}"
+    );
 }
 
 #[test]
@@ -74,24 +77,68 @@ fn limits_each_give_their_own_error() {
         l.file(&format!("f{i}"), 0o644, &vec![1u8; 5000]);
     }
     let tar = l.bytes();
-    let e = err(&tar, &Limits { max_entries: 5, ..Limits::default() });
+    let e = err(
+        &tar,
+        &Limits {
+            max_entries: 5,
+            ..Limits::default()
+        },
+    );
     assert!(matches!(e, ConvertError::TooManyEntries(5)), "{e}");
-    let e = err(&tar, &Limits { max_image_bytes: 40_000, ..Limits::default() });
+    let e = err(
+        &tar,
+        &Limits {
+            max_image_bytes: 40_000,
+            ..Limits::default()
+        },
+    );
     assert!(matches!(e, ConvertError::ImageTooLarge(40_000)), "{e}");
     // Metadata counts too: one block short of the image fails, the exact size works.
     let (image, _) = convert_with(&tar, &Limits::default()).expect("convert");
     let size = image.len() as u64;
-    let e = err(&tar, &Limits { max_image_bytes: size - 4096, ..Limits::default() });
+    let e = err(
+        &tar,
+        &Limits {
+            max_image_bytes: size - 4096,
+            ..Limits::default()
+        },
+    );
     assert!(matches!(e, ConvertError::ImageTooLarge(_)), "{e}");
-    assert!(convert_with(&tar, &Limits { max_image_bytes: size, ..Limits::default() }).is_ok());
-    let e = err(&tar, &Limits { max_path: 1, ..Limits::default() });
+    assert!(
+        convert_with(
+            &tar,
+            &Limits {
+                max_image_bytes: size,
+                ..Limits::default()
+            }
+        )
+        .is_ok()
+    );
+    let e = err(
+        &tar,
+        &Limits {
+            max_path: 1,
+            ..Limits::default()
+        },
+    );
     assert!(matches!(e, ConvertError::PathTooLong { .. }), "{e}");
     let mut l = Layer::new();
-    l.pax(&[("SCHILY.xattr.user.big", &[0u8; 3000][..])]).file("x", 0o644, b"");
-    let e = err(&l.bytes(), &Limits { max_xattr_bytes: 1024, ..Limits::default() });
+    l.pax(&[("SCHILY.xattr.user.big", &[0u8; 3000][..])])
+        .file("x", 0o644, b"");
+    let e = err(
+        &l.bytes(),
+        &Limits {
+            max_xattr_bytes: 1024,
+            ..Limits::default()
+        },
+    );
     assert!(matches!(e, ConvertError::XattrTooLarge { .. }), "{e}");
     // Just under every limit converts.
-    let ok = Limits { max_entries: 10, max_image_bytes: 1 << 20, ..Limits::default() };
+    let ok = Limits {
+        max_entries: 10,
+        max_image_bytes: 1 << 20,
+        ..Limits::default()
+    };
     assert!(convert_with(&tar, &ok).is_ok());
 }
 
@@ -106,7 +153,10 @@ fn structural_errors() {
     assert!(matches!(err(&l.bytes(), &d), ConvertError::LinkToDir(_)));
     let mut l = Layer::new();
     l.file("f", 0o644, b"").file("f/under", 0o644, b"");
-    assert!(matches!(err(&l.bytes(), &d), ConvertError::NotADirectory(_)));
+    assert!(matches!(
+        err(&l.bytes(), &d),
+        ConvertError::NotADirectory(_)
+    ));
     let tar = finish(raw_entry(b"./", b'0', b"", b""));
     assert!(matches!(err(&tar, &d), ConvertError::RootNotDir));
     let tar = finish(raw_entry(b"sock", b'V', b"", b""));
@@ -120,8 +170,12 @@ fn structural_errors() {
     l.pax(&[("mtime", b"soon")]).file("f", 0o644, b"");
     assert!(matches!(err(&l.bytes(), &d), ConvertError::BadPax(_)));
     let mut l = Layer::new();
-    l.pax(&[("GNU.sparse.major", b"1"), ("GNU.sparse.minor", b"0")]).file("f", 0o644, b"");
-    assert!(matches!(err(&l.bytes(), &d), ConvertError::Unsupported { .. }));
+    l.pax(&[("GNU.sparse.major", b"1"), ("GNU.sparse.minor", b"0")])
+        .file("f", 0o644, b"");
+    assert!(matches!(
+        err(&l.bytes(), &d),
+        ConvertError::Unsupported { .. }
+    ));
 }
 
 /// A tiny deterministic generator (no dependency).
@@ -139,11 +193,18 @@ impl Rng {
 #[test]
 fn mangled_tars_never_panic() {
     let mut l = Layer::new();
-    l.file("a/b", 0o4755, &[1u8; 6000]).symlink("s", "a/b").hardlink("h", "a/b");
-    l.pax(&[("SCHILY.xattr.security.capability", b"\x01\x02")]).dir("d", 0o755);
-    l.file(".wh.x", 0o644, b"").file("d/.wh..wh..opq", 0o644, b"");
+    l.file("a/b", 0o4755, &[1u8; 6000])
+        .symlink("s", "a/b")
+        .hardlink("h", "a/b");
+    l.pax(&[("SCHILY.xattr.security.capability", b"\x01\x02")])
+        .dir("d", 0o755);
+    l.file(".wh.x", 0o644, b"")
+        .file("d/.wh..wh..opq", 0o644, b"");
     let tar = l.bytes();
-    let limits = Limits { max_image_bytes: 1 << 22, ..Limits::default() };
+    let limits = Limits {
+        max_image_bytes: 1 << 22,
+        ..Limits::default()
+    };
     // Every truncation point.
     for cut in (0..tar.len()).step_by(97) {
         let _ = convert_with(&tar[..cut], &limits);

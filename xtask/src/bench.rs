@@ -36,6 +36,9 @@ pub struct BenchArgs {
     /// The QEMU binary.
     #[arg(long, default_value = "qemu-system-x86_64")]
     qemu: String,
+    /// Only the layer conversion benchmark (tar → EROFS against mkfs).
+    #[arg(long)]
+    pub only_image: bool,
 }
 
 fn workspace_root() -> PathBuf {

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_agent;
+mod bench_image;
 mod bench_snapshot;
 mod cache;
 mod cpio;
@@ -41,9 +42,13 @@ enum Task {
 /// Every benchmark, each against its peer or floor measured in the same
 /// run: the VMM against QEMU microvm, virtio-blk against raw pread,
 /// vsock against raw Unix sockets, the agent's exec round trip against
-/// a local fork+exec, a container start from the template snapshot against
+/// a local fork+exec, layer conversion against mkfs.erofs and mkfs.ext4,
+/// a container start from the template snapshot against
 /// a cold boot.
 fn bench_all(args: &bench::BenchArgs) -> Result<()> {
+    if args.only_image {
+        return bench_image::run_bench();
+    }
     bench::run(args)?;
     for example in ["blk_bench", "vsock_bench"] {
         eprintln!("\n== {example} ==");
@@ -61,6 +66,8 @@ fn bench_all(args: &bench::BenchArgs) -> Result<()> {
                 ]),
         )?;
     }
+    eprintln!("\n== layer conversion: tar → EROFS against mkfs.erofs and mkfs.ext4 -d ==");
+    bench_image::run_bench()?;
     eprintln!("\n== agent exec round trip ==");
     bench_agent::run()?;
     eprintln!("\n== container start from the template snapshot ==");

@@ -103,6 +103,20 @@ fn windows_steps() -> Vec<Step> {
                         ])
                         .envs(setup::wine_env()),
                 )?;
+                // The layer converter's integration tests (conversion and
+                // bad input; the fsck/mount read-back is Linux-only).
+                cache::run(
+                    cargo()
+                        .args([
+                            "test",
+                            "--target",
+                            WINDOWS_TARGET,
+                            "-p",
+                            "krypton-image",
+                            "--tests",
+                        ])
+                        .envs(setup::wine_env()),
+                )?;
                 // The platform-neutral emulator's own test files too.
                 run(cargo()
                     .args([

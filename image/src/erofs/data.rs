@@ -28,9 +28,19 @@ pub(crate) struct DataWriter<W: Write + Seek> {
 
 impl<W: Write + Seek> DataWriter<W> {
     /// Starts an image: block 0 is zeros until the superblock is written.
-    pub(crate) fn new(mut out: W, max_bytes: u64, inline_budget: u64) -> Result<Self, ConvertError> {
+    pub(crate) fn new(
+        mut out: W,
+        max_bytes: u64,
+        inline_budget: u64,
+    ) -> Result<Self, ConvertError> {
         out.write_all(&[0u8; BLK_USIZE])?;
-        Ok(DataWriter { out, next_blk: 1, max_bytes, buf: Vec::new(), inline_budget })
+        Ok(DataWriter {
+            out,
+            next_blk: 1,
+            max_bytes,
+            buf: Vec::new(),
+            inline_budget,
+        })
     }
 
     /// Fails if `blocks` more blocks would pass the size limit or the
@@ -80,7 +90,11 @@ impl<W: Write + Seek> DataWriter<W> {
         let chunkbits = chunk_bits(size);
         let chunk = 1u64 << chunkbits;
         let sparse = size >= SPARSE_MIN;
-        let step = if sparse { chunk } else { size.clamp(1, 1 << 20) };
+        let step = if sparse {
+            chunk
+        } else {
+            size.clamp(1, 1 << 20)
+        };
         let mut buf = std::mem::take(&mut self.buf);
         buf.resize(step.min(size) as usize, 0);
         let mut map = Vec::new();
@@ -118,7 +132,10 @@ impl<W: Write + Seek> DataWriter<W> {
         if holes {
             return Ok(FileData::Chunked { chunkbits, map });
         }
-        Ok(FileData::Flat { blkaddr: first.unwrap_or(0), tail })
+        Ok(FileData::Flat {
+            blkaddr: first.unwrap_or(0),
+            tail,
+        })
     }
 
     /// Appends metadata bytes (their blocks were reserved by the caller).

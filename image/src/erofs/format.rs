@@ -184,7 +184,11 @@ pub(crate) fn xattr_body_size<'a>(entries: impl Iterator<Item = (&'a [u8], &'a [
 
 /// `i_xattr_icount` for a body of `size` bytes (0 for none).
 pub(crate) fn xattr_icount(size: usize) -> u32 {
-    if size == 0 { 0 } else { ((size - XATTR_HEADER_SIZE) / 4 + 1) as u32 }
+    if size == 0 {
+        0
+    } else {
+        ((size - XATTR_HEADER_SIZE) / 4 + 1) as u32
+    }
 }
 
 /// Appends the in-inode xattr body (header, no shared xattrs, entries).
@@ -235,8 +239,14 @@ mod tests {
 
     #[test]
     fn xattr_names_split_into_indexes() {
-        assert_eq!(xattr_split(b"security.capability"), Some((6, &b"capability"[..])));
-        assert_eq!(xattr_split(b"trusted.overlay.opaque"), Some((4, &b"overlay.opaque"[..])));
+        assert_eq!(
+            xattr_split(b"security.capability"),
+            Some((6, &b"capability"[..]))
+        );
+        assert_eq!(
+            xattr_split(b"trusted.overlay.opaque"),
+            Some((4, &b"overlay.opaque"[..]))
+        );
         assert_eq!(xattr_split(b"system.posix_acl_access"), Some((2, &b""[..])));
         assert_eq!(xattr_split(b"user."), None);
         assert_eq!(xattr_split(b"system.other"), None);
@@ -246,7 +256,10 @@ mod tests {
     #[test]
     fn devices_encode_like_linux() {
         assert_eq!(encode_dev(1, 3), Some(0x103));
-        assert_eq!(encode_dev(8, 0x12345), Some(0x45 | (8 << 8) | (0x12300 << 12)));
+        assert_eq!(
+            encode_dev(8, 0x12345),
+            Some(0x45 | (8 << 8) | (0x12300 << 12))
+        );
         assert_eq!(encode_dev(4096, 0), None);
         assert_eq!(encode_dev(0, 1 << 20), None);
     }

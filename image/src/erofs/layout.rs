@@ -88,7 +88,9 @@ fn walk(tree: &Tree) -> (Vec<(Ino, Ino)>, Vec<u32>) {
     links[0] = 1;
     while let Some((ino, parent)) = stack.pop() {
         order.push((ino, parent));
-        let Kind::Dir(ch) = &tree.inodes[ino].kind else { continue };
+        let Kind::Dir(ch) = &tree.inodes[ino].kind else {
+            continue;
+        };
         for &c in ch.values().rev() {
             links[c] = links[c].saturating_add(1);
             // Directories are reached once (a tree); files on their first link.
@@ -116,7 +118,10 @@ fn build_time(tree: &Tree, order: &[(Ino, Ino)]) -> (i64, u32) {
         let i = &tree.inodes[ino];
         *count.entry((i.mtime, i.mtime_nsec)).or_default() += 1;
     }
-    count.into_iter().max_by_key(|&(t, n)| (n, std::cmp::Reverse(t))).map_or((0, 0), |(t, _)| t)
+    count
+        .into_iter()
+        .max_by_key(|&(t, n)| (n, std::cmp::Reverse(t)))
+        .map_or((0, 0), |(t, _)| t)
 }
 
 /// Writes everything after the streamed file data; returns the sizes.
@@ -132,14 +137,27 @@ pub(crate) fn finish<W: Write + Seek>(
     for (n, &(ino, _)) in order.iter().enumerate() {
         index[ino] = n;
         let i = &tree.inodes[ino];
-        let xattr_size =
-            format::xattr_body_size(i.xattrs.iter().map(|((_, k), v)| (k.as_slice(), v.as_slice())));
+        let xattr_size = format::xattr_body_size(
+            i.xattrs
+                .iter()
+                .map(|((_, k), v)| (k.as_slice(), v.as_slice())),
+        );
         let (size, layout, i_u, extra) = match &i.kind {
-            Kind::File { size, data: FileData::Flat { blkaddr, tail } } => {
-                let l = if tail.is_empty() { DataLayout::FlatPlain } else { DataLayout::FlatInline };
+            Kind::File {
+                size,
+                data: FileData::Flat { blkaddr, tail },
+            } => {
+                let l = if tail.is_empty() {
+                    DataLayout::FlatPlain
+                } else {
+                    DataLayout::FlatInline
+                };
                 (*size, l, *blkaddr, tail.clone())
             }
-            Kind::File { size, data: FileData::Chunked { chunkbits, map } } => {
+            Kind::File {
+                size,
+                data: FileData::Chunked { chunkbits, map },
+            } => {
                 chunked = true;
                 let extra = map.iter().flat_map(|a| a.to_le_bytes()).collect();
                 (*size, DataLayout::ChunkBased, chunkbits - BLK_BITS, extra)
@@ -176,7 +194,14 @@ pub(crate) fn finish<W: Write + Seek>(
             mtime_nsec: i.mtime_nsec,
         };
         let inline = layout == DataLayout::FlatInline;
-        plans.push(Plan { ino, core, xattr_size, extra, inline, nid: 0 });
+        plans.push(Plan {
+            ino,
+            core,
+            xattr_size,
+            extra,
+            inline,
+            nid: 0,
+        });
     }
     // Directories and symlinks: inline their last partial block if it fits.
     for p in &mut plans {
@@ -215,9 +240,17 @@ pub(crate) fn finish<W: Write + Seek>(
             Kind::Dir(_) => render_dir(tree, &dir_entries(tree, p.ino, order[n].1), &index, &nids),
             _ => continue,
         };
-        let keep = if p.inline { content.len() % BLK_USIZE } else { 0 };
+        let keep = if p.inline {
+            content.len() % BLK_USIZE
+        } else {
+            0
+        };
         let (blocks, tail) = content.split_at(content.len() - keep);
-        p.core.i_u = if blocks.is_empty() { 0 } else { data.write_blocks(blocks)? };
+        p.core.i_u = if blocks.is_empty() {
+            0
+        } else {
+            data.write_blocks(blocks)?
+        };
         p.extra = tail.to_vec();
     }
     // The metadata area.
@@ -230,7 +263,12 @@ pub(crate) fn finish<W: Write + Seek>(
         let start = buf.len();
         p.core.write(&mut buf);
         let i = &tree.inodes[p.ino];
-        format::write_xattrs(&mut buf, i.xattrs.iter().map(|((x, k), v)| (*x, k.as_slice(), v.as_slice())));
+        format::write_xattrs(
+            &mut buf,
+            i.xattrs
+                .iter()
+                .map(|((x, k), v)| (*x, k.as_slice(), v.as_slice())),
+        );
         buf.extend_from_slice(&p.extra);
         written = at + (buf.len() - start) as u64;
         if buf.len() >= 1 << 20 {
@@ -253,16 +291,30 @@ pub(crate) fn finish<W: Write + Seek>(
     };
     data.write_at(SUPER_OFFSET, &sb.to_bytes())?;
     let out = data.finish()?;
-    Ok((out, Written { image_bytes: blocks * BLK, inodes: plans.len() as u64 }))
+    Ok((
+        out,
+        Written {
+            image_bytes: blocks * BLK,
+            inodes: plans.len() as u64,
+        },
+    ))
 }
 
 fn core_len(p: &Plan) -> usize {
-    if p.core.extended { EXTENDED_SIZE } else { COMPACT_SIZE }
+    if p.core.extended {
+        EXTENDED_SIZE
+    } else {
+        COMPACT_SIZE
+    }
 }
 
 /// Bytes after the xattrs: the chunk map, or the inline tail.
 fn extra_len(p: &Plan) -> usize {
-    if p.inline { (p.core.size % BLK) as usize } else { p.extra.len() }
+    if p.inline {
+        (p.core.size % BLK) as usize
+    } else {
+        p.extra.len()
+    }
 }
 
 /// The directory's blocks (the last one not padded).

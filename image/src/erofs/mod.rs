@@ -148,7 +148,8 @@ pub fn convert<R: Read, W: Write + Seek>(
     let mut data = data::DataWriter::new(w, limits.max_image_bytes, limits.max_inline_bytes)?;
     tarin::read_layer(tar, &mut tree, &mut data, limits, &mut stats)?;
     let (w, written) = layout::finish(&tree, data)?;
-    w.into_inner().map_err(|e| ConvertError::Io(e.into_error()))?;
+    w.into_inner()
+        .map_err(|e| ConvertError::Io(e.into_error()))?;
     stats.image_bytes = written.image_bytes;
     stats.inodes = written.inodes;
     Ok(stats)

@@ -8,7 +8,7 @@ use std::io::{Read, Seek, Write};
 use tar::EntryType;
 
 use super::data::DataWriter;
-use super::format::{self, BLK_USIZE, EXTENDED_SIZE};
+use super::format::{self, BLK, BLK_USIZE, EXTENDED_SIZE};
 use super::tree::{Inode, Kind, OPAQUE, Tree, Xattrs, join, normalize};
 use super::{ConvertError, Limits, Stats};
 
@@ -53,7 +53,12 @@ fn pax_u32(v: &[u8], what: &str, path: &str) -> Result<u32, ConvertError> {
     std::str::from_utf8(v)
         .ok()
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| ConvertError::BadPax(format!("{path}: bad {what} {:?}", String::from_utf8_lossy(v))))
+        .ok_or_else(|| {
+            ConvertError::BadPax(format!(
+                "{path}: bad {what} {:?}",
+                String::from_utf8_lossy(v)
+            ))
+        })
 }
 
 fn read_meta<R: Read>(
@@ -83,7 +88,10 @@ fn read_meta<R: Read>(
             b"gid" => m.gid = pax_u32(v, "gid", shown)?,
             b"mtime" => {
                 (m.mtime, m.mtime_nsec) = pax_time(v).ok_or_else(|| {
-                    ConvertError::BadPax(format!("{shown}: bad mtime {:?}", String::from_utf8_lossy(v)))
+                    ConvertError::BadPax(format!(
+                        "{shown}: bad mtime {:?}",
+                        String::from_utf8_lossy(v)
+                    ))
                 })?;
             }
             _ if k.starts_with(b"GNU.sparse.") => {
@@ -93,7 +101,9 @@ fn read_meta<R: Read>(
                 });
             }
             _ => {
-                let Some(name) = k.strip_prefix(b"SCHILY.xattr.") else { continue };
+                let Some(name) = k.strip_prefix(b"SCHILY.xattr.") else {
+                    continue;
+                };
                 match format::xattr_split(name) {
                     Some((idx, suffix)) if suffix.len() <= 255 && v.len() <= 0xffff => {
                         m.xattrs.insert((idx, suffix.to_vec()), v.to_vec());
@@ -106,15 +116,25 @@ fn read_meta<R: Read>(
                     }
                     None => {
                         stats.xattrs_skipped += 1;
-                        log::debug!("{shown}: xattr {} has no EROFS prefix; skipped", String::from_utf8_lossy(name));
+                        log::debug!(
+                            "{shown}: xattr {} has no EROFS prefix; skipped",
+                            String::from_utf8_lossy(name)
+                        );
                     }
                 }
             }
         }
     }
-    let size = format::xattr_body_size(m.xattrs.iter().map(|((_, k), v)| (k.as_slice(), v.as_slice())));
+    let size = format::xattr_body_size(
+        m.xattrs
+            .iter()
+            .map(|((_, k), v)| (k.as_slice(), v.as_slice())),
+    );
     if size > limits.max_xattr_bytes.min(MAX_XATTR_BODY) {
-        return Err(ConvertError::XattrTooLarge { path: shown.to_string(), max: limits.max_xattr_bytes });
+        return Err(ConvertError::XattrTooLarge {
+            path: shown.to_string(),
+            max: limits.max_xattr_bytes,
+        });
     }
     Ok(m)
 }
@@ -123,7 +143,15 @@ fn read_meta<R: Read>(
 const MAX_XATTR_BODY: usize = 12 + 0xfffe * 4;
 
 fn node(m: Meta, kind: Kind) -> Inode {
-    Inode { perm: m.perm, uid: m.uid, gid: m.gid, mtime: m.mtime, mtime_nsec: m.mtime_nsec, xattrs: m.xattrs, kind }
+    Inode {
+        perm: m.perm,
+        uid: m.uid,
+        gid: m.gid,
+        mtime: m.mtime,
+        mtime_nsec: m.mtime_nsec,
+        xattrs: m.xattrs,
+        kind,
+    }
 }
 
 /// Reads the whole tar into `tree`, streaming file data into `data`.
@@ -135,10 +163,15 @@ pub(crate) fn read_layer<R: Read, W: Write + Seek>(
     stats: &mut Stats,
 ) -> Result<(), ConvertError> {
     let mut ar = tar::Archive::new(tar);
+    // Metadata held in memory until the end, as image bytes: checked
+    // against the size limit as it grows, so xattrs and names of a hostile
+    // layer cannot take more memory than the image may take disk.
+    let mut meta = 0u64;
     for e in ar.entries().map_err(tar_err)? {
         let mut e = e.map_err(tar_err)?;
         stats.entries += 1;
-        if stats.entries > limits.max_entries {
+        // Implicit parent directories count as entries too.
+        if stats.entries > limits.max_entries || tree.inodes.len() as u64 > limits.max_entries + 1 {
             return Err(ConvertError::TooManyEntries(limits.max_entries));
         }
         let ty = e.header().entry_type();
@@ -148,6 +181,13 @@ pub(crate) fn read_layer<R: Read, W: Write + Seek>(
         let path = normalize(&e.path_bytes(), limits.max_path)?;
         let shown = join(&path);
         let m = read_meta(&mut e, &shown, limits, stats)?;
+        let xattr_bytes: usize = m
+            .xattrs
+            .iter()
+            .map(|((_, k), v)| 8 + k.len() + v.len())
+            .sum();
+        meta += (EXTENDED_SIZE + 16 + path.last().map_or(0, Vec::len) + xattr_bytes) as u64;
+        data.reserve(meta.div_ceil(BLK))?;
         if let Some((name, parent)) = path.split_last() {
             if name == b".wh..wh..opq" {
                 let dir = tree.ensure_dir(parent)?;
@@ -165,7 +205,11 @@ pub(crate) fn read_layer<R: Read, W: Write + Seek>(
                 }
                 let mut target = parent.to_vec();
                 target.push(hidden.to_vec());
-                let m = Meta { perm: 0, xattrs: Xattrs::new(), ..m };
+                let m = Meta {
+                    perm: 0,
+                    xattrs: Xattrs::new(),
+                    ..m
+                };
                 tree.insert(&target, node(m, Kind::Char(0)))?;
                 stats.whiteouts += 1;
                 continue;
@@ -174,13 +218,19 @@ pub(crate) fn read_layer<R: Read, W: Write + Seek>(
         let kind = match ty {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let size = e.size();
-                let xs = format::xattr_body_size(m.xattrs.iter().map(|((_, k), v)| (k.as_slice(), v.as_slice())));
+                let xs = format::xattr_body_size(
+                    m.xattrs
+                        .iter()
+                        .map(|((_, k), v)| (k.as_slice(), v.as_slice())),
+                );
                 let room = BLK_USIZE.saturating_sub(EXTENDED_SIZE + xs);
                 let d = data.write_file(&mut e, size, room)?;
                 Kind::File { size, data: d }
             }
             EntryType::Link => {
-                let target = e.link_name_bytes().ok_or_else(|| ConvertError::BadName(shown.clone()))?;
+                let target = e
+                    .link_name_bytes()
+                    .ok_or_else(|| ConvertError::BadName(shown.clone()))?;
                 let target = normalize(&target, limits.max_path)?;
                 if target != path {
                     tree.link(&path, &target)?;
@@ -188,12 +238,18 @@ pub(crate) fn read_layer<R: Read, W: Write + Seek>(
                 continue;
             }
             EntryType::Symlink => {
-                let t = e.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
+                let t = e
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
                 if t.is_empty() || t.contains(&0) {
                     return Err(ConvertError::BadName(format!("{shown} (symlink target)")));
                 }
                 if t.len() > limits.max_path {
-                    return Err(ConvertError::PathTooLong { path: shown, max: limits.max_path });
+                    return Err(ConvertError::PathTooLong {
+                        path: shown,
+                        max: limits.max_path,
+                    });
                 }
                 Kind::Symlink(t)
             }
@@ -203,7 +259,11 @@ pub(crate) fn read_layer<R: Read, W: Write + Seek>(
                 let minor = h.device_minor().map_err(tar_err)?.unwrap_or(0);
                 let rdev = format::encode_dev(major, minor)
                     .ok_or_else(|| ConvertError::BadDevice(format!("{shown}: {major}:{minor}")))?;
-                if ty == EntryType::Char { Kind::Char(rdev) } else { Kind::Block(rdev) }
+                if ty == EntryType::Char {
+                    Kind::Char(rdev)
+                } else {
+                    Kind::Block(rdev)
+                }
             }
             EntryType::Fifo => Kind::Fifo,
             EntryType::Directory => Kind::Dir(Default::default()),
@@ -216,6 +276,9 @@ pub(crate) fn read_layer<R: Read, W: Write + Seek>(
         };
         tree.insert(&path, node(m, kind))?;
     }
+    if tree.inodes.len() as u64 > limits.max_entries + 1 {
+        return Err(ConvertError::TooManyEntries(limits.max_entries));
+    }
     Ok(())
 }
 
@@ -226,7 +289,10 @@ mod tests {
     #[test]
     fn pax_times_parse() {
         assert_eq!(pax_time(b"1700000000"), Some((1_700_000_000, 0)));
-        assert_eq!(pax_time(b"1700000000.5"), Some((1_700_000_000, 500_000_000)));
+        assert_eq!(
+            pax_time(b"1700000000.5"),
+            Some((1_700_000_000, 500_000_000))
+        );
         assert_eq!(pax_time(b"1.123456789123"), Some((1, 123_456_789)));
         assert_eq!(pax_time(b"-1.5"), Some((-2, 500_000_000)));
         assert_eq!(pax_time(b"x"), None);

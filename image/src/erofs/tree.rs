@@ -75,7 +75,10 @@ pub(crate) type Components = Vec<Vec<u8>>;
 pub(crate) fn normalize(path: &[u8], max_path: usize) -> Result<Components, ConvertError> {
     let shown = || String::from_utf8_lossy(path).into_owned();
     if path.len() > max_path {
-        return Err(ConvertError::PathTooLong { path: shown(), max: max_path });
+        return Err(ConvertError::PathTooLong {
+            path: shown(),
+            max: max_path,
+        });
     }
     let mut out = Vec::new();
     for c in path.split(|&b| b == b'/') {
@@ -98,7 +101,9 @@ pub(crate) struct Tree {
 
 impl Tree {
     pub(crate) fn new() -> Tree {
-        Tree { inodes: vec![Inode::empty_dir(0o755)] }
+        Tree {
+            inodes: vec![Inode::empty_dir(0o755)],
+        }
     }
 
     fn children_mut(&mut self, dir: Ino) -> Option<&mut BTreeMap<Vec<u8>, Ino>> {
@@ -188,7 +193,11 @@ impl Tree {
     }
 
     /// Adds a hard link at `path` to the existing non-directory at `target`.
-    pub(crate) fn link(&mut self, path: &[Vec<u8>], target: &[Vec<u8>]) -> Result<(), ConvertError> {
+    pub(crate) fn link(
+        &mut self,
+        path: &[Vec<u8>],
+        target: &[Vec<u8>],
+    ) -> Result<(), ConvertError> {
         let t = self
             .lookup(target)
             .ok_or_else(|| ConvertError::LinkTarget(join(path), join(target)))?;
@@ -232,7 +241,10 @@ fn update_dir(dir: &mut Inode, new: Inode) {
 
 /// `a/b/c` for messages.
 pub(crate) fn join(path: &[Vec<u8>]) -> String {
-    let v: Vec<String> = path.iter().map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+    let v: Vec<String> = path
+        .iter()
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
     format!("/{}", v.join("/"))
 }
 
@@ -246,20 +258,38 @@ mod tests {
 
     #[test]
     fn paths_normalize() {
-        assert_eq!(p("./a//b/./c/"), vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(
+            p("./a//b/./c/"),
+            vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+        );
         assert_eq!(p("/etc/passwd"), vec![b"etc".to_vec(), b"passwd".to_vec()]);
         assert!(p("./").is_empty());
-        assert!(matches!(normalize(b"a/../b", 4096), Err(ConvertError::DotDot(_))));
-        assert!(matches!(normalize(b"a/b\0c", 4096), Err(ConvertError::BadName(_))));
+        assert!(matches!(
+            normalize(b"a/../b", 4096),
+            Err(ConvertError::DotDot(_))
+        ));
+        assert!(matches!(
+            normalize(b"a/b\0c", 4096),
+            Err(ConvertError::BadName(_))
+        ));
         let long = "x".repeat(256);
-        assert!(matches!(normalize(long.as_bytes(), 4096), Err(ConvertError::NameTooLong(_))));
-        assert!(matches!(normalize(b"abcdef", 3), Err(ConvertError::PathTooLong { .. })));
+        assert!(matches!(
+            normalize(long.as_bytes(), 4096),
+            Err(ConvertError::NameTooLong(_))
+        ));
+        assert!(matches!(
+            normalize(b"abcdef", 3),
+            Err(ConvertError::PathTooLong { .. })
+        ));
     }
 
     #[test]
     fn dir_over_dir_keeps_children_and_file_over_dir_drops_them() {
         let mut t = Tree::new();
-        let f = Inode { kind: Kind::Fifo, ..Inode::empty_dir(0o644) };
+        let f = Inode {
+            kind: Kind::Fifo,
+            ..Inode::empty_dir(0o644)
+        };
         t.insert(&p("a/b"), f.clone()).ok();
         let a = t.lookup(&p("a")).unwrap_or(0);
         assert_eq!(t.inodes[a].perm, 0o755);
@@ -269,6 +299,9 @@ mod tests {
         assert!(t.lookup(&p("a/b")).is_some());
         t.insert(&p("a"), f.clone()).ok();
         assert!(t.lookup(&p("a/b")).is_none());
-        assert!(matches!(t.insert(&p("a/c"), f), Err(ConvertError::NotADirectory(_))));
+        assert!(matches!(
+            t.insert(&p("a/c"), f),
+            Err(ConvertError::NotADirectory(_))
+        ));
     }
 }

@@ -18,7 +18,9 @@ pub const MTIME: u64 = 1_700_000_000;
 
 impl Layer {
     pub fn new() -> Layer {
-        Layer { b: Builder::new(Vec::new()) }
+        Layer {
+            b: Builder::new(Vec::new()),
+        }
     }
 
     fn header(ty: EntryType, mode: u32, uid: u64, gid: u64) -> Header {
@@ -36,7 +38,14 @@ impl Layer {
         self.file_owned(path, mode, 0, 0, data)
     }
 
-    pub fn file_owned(&mut self, path: &str, mode: u32, uid: u64, gid: u64, data: &[u8]) -> &mut Self {
+    pub fn file_owned(
+        &mut self,
+        path: &str,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+        data: &[u8],
+    ) -> &mut Self {
         let mut h = Self::header(EntryType::Regular, mode, uid, gid);
         h.set_size(data.len() as u64);
         self.b.append_data(&mut h, path, data).expect("append file");
@@ -45,19 +54,25 @@ impl Layer {
 
     pub fn dir(&mut self, path: &str, mode: u32) -> &mut Self {
         let mut h = Self::header(EntryType::Directory, mode, 0, 0);
-        self.b.append_data(&mut h, path, &[][..]).expect("append dir");
+        self.b
+            .append_data(&mut h, path, &[][..])
+            .expect("append dir");
         self
     }
 
     pub fn symlink(&mut self, path: &str, target: &str) -> &mut Self {
         let mut h = Self::header(EntryType::Symlink, 0o777, 0, 0);
-        self.b.append_link(&mut h, path, target).expect("append symlink");
+        self.b
+            .append_link(&mut h, path, target)
+            .expect("append symlink");
         self
     }
 
     pub fn hardlink(&mut self, path: &str, target: &str) -> &mut Self {
         let mut h = Self::header(EntryType::Link, 0o644, 0, 0);
-        self.b.append_link(&mut h, path, target).expect("append link");
+        self.b
+            .append_link(&mut h, path, target)
+            .expect("append link");
         self
     }
 
@@ -65,19 +80,25 @@ impl Layer {
         let mut h = Self::header(ty, 0o660, 0, 6);
         h.set_device_major(major).expect("major");
         h.set_device_minor(minor).expect("minor");
-        self.b.append_data(&mut h, path, &[][..]).expect("append device");
+        self.b
+            .append_data(&mut h, path, &[][..])
+            .expect("append device");
         self
     }
 
     pub fn fifo(&mut self, path: &str) -> &mut Self {
         let mut h = Self::header(EntryType::Fifo, 0o600, 0, 0);
-        self.b.append_data(&mut h, path, &[][..]).expect("append fifo");
+        self.b
+            .append_data(&mut h, path, &[][..])
+            .expect("append fifo");
         self
     }
 
     /// A PAX extended header applying to the next entry.
     pub fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
-        self.b.append_pax_extensions(records.iter().map(|&(k, v)| (k, v))).expect("pax");
+        self.b
+            .append_pax_extensions(records.iter().map(|&(k, v)| (k, v)))
+            .expect("pax");
         self
     }
 
@@ -130,7 +151,8 @@ mod linux {
 
     fn scratch(tag: &str) -> PathBuf {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let d = std::env::temp_dir().join(format!("krypton-erofs-{}-{tag}-{n}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("krypton-erofs-{}-{tag}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).expect("scratch dir");
         d
@@ -147,7 +169,11 @@ mod linux {
             eprintln!("SKIPPED fsck: fsck.erofs is not installed (apt-get install erofs-utils)");
             return false;
         }
-        let out = Command::new("fsck.erofs").arg("--extract").arg(img).output().expect("run fsck.erofs");
+        let out = Command::new("fsck.erofs")
+            .arg("--extract")
+            .arg(img)
+            .output()
+            .expect("run fsck.erofs");
         assert!(
             out.status.success(),
             "fsck.erofs {} failed: {}{}",
@@ -176,7 +202,8 @@ mod linux {
 
     /// An image written to disk, checked with fsck, and mounted if possible.
     pub struct Checked {
-        dir: PathBuf,
+        /// Scratch dir removed on drop (None: a plain directory view).
+        pub dir: Option<PathBuf>,
         pub img: PathBuf,
         pub mnt: Option<PathBuf>,
     }
@@ -197,7 +224,11 @@ mod linux {
                         .arg(&m)
                         .output()
                         .expect("run mount");
-                    assert!(out.status.success(), "mount failed: {}", String::from_utf8_lossy(&out.stderr));
+                    assert!(
+                        out.status.success(),
+                        "mount failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
                     Some(m)
                 }
                 Err(why) => {
@@ -205,7 +236,11 @@ mod linux {
                     None
                 }
             };
-            Checked { dir, img, mnt }
+            Checked {
+                dir: Some(dir),
+                img,
+                mnt,
+            }
         }
 
         /// Every path under the mount (relative, "" for the root).
@@ -219,18 +254,29 @@ mod linux {
 
     impl Drop for Checked {
         fn drop(&mut self) {
+            let Some(dir) = &self.dir else { return };
             if let Some(m) = &self.mnt {
                 let _ = Command::new("umount").arg(m).output();
             }
-            let _ = std::fs::remove_dir_all(&self.dir);
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 
     fn walk(root: &Path, p: &Path, out: &mut BTreeMap<String, Node>) {
         let md = std::fs::symlink_metadata(p).expect("lstat");
-        let rel = p.strip_prefix(root).expect("under root").to_string_lossy().into_owned();
+        let rel = p
+            .strip_prefix(root)
+            .expect("under root")
+            .to_string_lossy()
+            .into_owned();
         let ft = md.file_type();
-        let target = ft.is_symlink().then(|| std::fs::read_link(p).expect("readlink").as_os_str().as_bytes().to_vec());
+        let target = ft.is_symlink().then(|| {
+            std::fs::read_link(p)
+                .expect("readlink")
+                .as_os_str()
+                .as_bytes()
+                .to_vec()
+        });
         let data = (ft.is_file() && md.len() <= 1 << 20).then(|| std::fs::read(p).expect("read"));
         out.insert(
             rel,
@@ -267,11 +313,15 @@ mod linux {
         if n <= 0 {
             return out;
         }
-        for name in names[..n as usize].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        for name in names[..n as usize]
+            .split(|&b| b == 0)
+            .filter(|n| !n.is_empty())
+        {
             let cn = CString::new(name).expect("name");
             let mut v = vec![0u8; 65536];
             // SAFETY: both strings are NUL-terminated; v is writable for its length.
-            let len = unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
+            let len =
+                unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
             if len >= 0 {
                 v.truncate(len as usize);
                 out.insert(String::from_utf8_lossy(name).into_owned(), v);
