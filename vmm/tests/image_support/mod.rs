@@ -235,6 +235,8 @@ pub fn tar_of(files: &[(&str, u32, &[u8])], links: &[(&str, &str)]) -> Vec<u8> {
         h.set_mode(0o755);
         h.set_size(0);
         h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
         b.append_data(&mut h, &d, &[][..]).unwrap();
     }
     for (p, mode, data) in files {
@@ -242,13 +244,18 @@ pub fn tar_of(files: &[(&str, u32, &[u8])], links: &[(&str, &str)]) -> Vec<u8> {
         h.set_mode(*mode);
         h.set_size(data.len() as u64);
         h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
         b.append_data(&mut h, p, *data).unwrap();
     }
     for (p, t) in links {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Symlink);
+        h.set_mode(0o777);
         h.set_size(0);
         h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
         b.append_link(&mut h, p, t).unwrap();
     }
     b.into_inner().unwrap()
