@@ -10,6 +10,7 @@
 pub mod abi;
 pub mod policy;
 pub mod regs;
+pub mod state;
 #[cfg(windows)]
 mod sys;
 #[cfg(not(windows))]
