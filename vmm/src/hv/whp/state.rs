@@ -109,12 +109,9 @@ pub fn registers_to_values(s: &VcpuState) -> Result<[RegValue; N_REGISTERS], Sta
     v[N_GPR..N_GPR + N_SREG].copy_from_slice(&regs::sregs_to_values(&s.sregs));
     let base = N_GPR + N_SREG;
     for (k, &(index, _)) in MSR_REGISTERS.iter().enumerate() {
-        let value = s
-            .msrs
-            .iter()
-            .find(|m| m.0 == index)
-            .map(|m| m.1)
-            .ok_or(StateError::Unrepresentable("a saved vCPU lacks one of the WHP MSRs"))?;
+        let value = s.msrs.iter().find(|m| m.0 == index).map(|m| m.1).ok_or(
+            StateError::Unrepresentable("a saved vCPU lacks one of the WHP MSRs"),
+        )?;
         v[base + k] = RegValue::u64(value);
     }
     let base = base + N_MSR;
@@ -165,11 +162,15 @@ pub fn events_to_values(e: &VcpuEvents, mp: MpState) -> Result<[RegValue; 4], St
         return Err(StateError::Unrepresentable("a pending NMI"));
     }
     if e.interrupt_soft {
-        return Err(StateError::Unrepresentable("a software interrupt being injected"));
+        return Err(StateError::Unrepresentable(
+            "a software interrupt being injected",
+        ));
     }
     let injected = [e.exception_injected, e.interrupt_injected, e.nmi_injected];
     if injected.iter().filter(|&&b| b).count() > 1 {
-        return Err(StateError::Unrepresentable("two events being injected at once"));
+        return Err(StateError::Unrepresentable(
+            "two events being injected at once",
+        ));
     }
     let mut pi = 0u64;
     if e.exception_injected && !e.exception_pending {
@@ -247,10 +248,14 @@ pub fn events_from_values(v: &[RegValue; 4]) -> Result<(VcpuEvents, MpState), St
     let pe = v[2].0;
     if pe[0] & 1 != 0 {
         if (pe[0] >> 1) & 7 != EVENT_EXCEPTION {
-            return Err(StateError::Unrepresentable("a pending external interrupt event"));
+            return Err(StateError::Unrepresentable(
+                "a pending external interrupt event",
+            ));
         }
         if pe[1] != 0 {
-            return Err(StateError::Unrepresentable("a pending exception's parameter"));
+            return Err(StateError::Unrepresentable(
+                "a pending exception's parameter",
+            ));
         }
         if e.exception_injected {
             return Err(StateError::Unrepresentable(

@@ -99,7 +99,10 @@ fn register_names_are_the_parts_in_order_without_duplicates() {
     sorted.dedup();
     assert_eq!(sorted.len(), N_REGISTERS, "a register appears twice");
     for n in EVENT_NAMES {
-        assert!(!names.contains(&n), "event register {n:#x} in the main list");
+        assert!(
+            !names.contains(&n),
+            "event register {n:#x} in the main list"
+        );
     }
 }
 
@@ -112,7 +115,11 @@ fn msr_table_agrees_with_the_loader_table() {
         }
     }
     assert!(MSR_REGISTERS.iter().any(|m| m == &(0x10, reg::TSC)));
-    assert!(MSR_REGISTERS.iter().any(|m| m == &(0xc000_0103, reg::TSC_AUX)));
+    assert!(
+        MSR_REGISTERS
+            .iter()
+            .any(|m| m == &(0xc000_0103, reg::TSC_AUX))
+    );
 }
 
 #[test]

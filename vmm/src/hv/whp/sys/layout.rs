@@ -87,7 +87,9 @@ const _: () = {
     assert!(w::WHvX64PendingEventException == 0 && w::WHvX64PendingEventExtInt == 5);
     assert!(w::WHvVirtualProcessorStateTypeXsaveState == prop::STATE_XSAVE);
     assert!(w::WHvVirtualProcessorStateTypeInterruptControllerState2 == prop::STATE_LAPIC);
-    assert!(windows_sys::Win32::Foundation::WHV_E_INSUFFICIENT_BUFFER == prop::E_INSUFFICIENT_BUFFER);
+    assert!(
+        windows_sys::Win32::Foundation::WHV_E_INSUFFICIENT_BUFFER == prop::E_INSUFFICIENT_BUFFER
+    );
 
     assert!(w::WHvRunVpExitReasonNone as u32 == exit::NONE);
     assert!(w::WHvRunVpExitReasonMemoryAccess as u32 == exit::MEMORY_ACCESS);
