@@ -15,8 +15,10 @@ use krypton_devices::warn_ratelimited;
 use std::sync::Arc;
 use windows_sys::Win32::System::Hypervisor::{WHV_REGISTER_VALUE, WHV_TRANSLATE_GVA_RESULT};
 
-/// Largest XSAVE or APIC state read: the snapshot format's XSAVE limit.
-const MAX_VP_STATE: usize = 16 << 10;
+/// Largest XSAVE and APIC state read: the snapshot format's limits
+/// (`snapshot/state.rs`).
+const MAX_XSAVE: usize = 16 << 10;
+const MAX_LAPIC: usize = 4096;
 
 fn state_err(e: state::StateError) -> HvError {
     HvError::State(e.to_string())
@@ -106,11 +108,11 @@ impl WhpVcpu {
     }
 
     /// `WHvGetVirtualProcessorState` of `kind`, growing the buffer while
-    /// WHP answers `WHV_E_INSUFFICIENT_BUFFER`, up to [`MAX_VP_STATE`].
-    fn get_state(&self, kind: i32, what: &str) -> Result<Vec<u8>, HvError> {
+    /// WHP answers `WHV_E_INSUFFICIENT_BUFFER`, up to `max` bytes.
+    fn get_state(&self, kind: i32, what: &str, max: usize) -> Result<Vec<u8>, HvError> {
         let p = &self.part;
         let get = p.api.get_vp_state.ok_or_else(|| state_api_missing(what))?;
-        let mut buf = vec![0u8; 4096];
+        let mut buf = vec![0u8; 4096.min(max)];
         loop {
             let mut written = 0u32;
             // SAFETY: `buf` is `len` writable bytes; `written` is a writable local.
@@ -124,8 +126,13 @@ impl WhpVcpu {
                     &raw mut written,
                 )
             };
-            if hr == prop::E_INSUFFICIENT_BUFFER && buf.len() < MAX_VP_STATE {
-                let want = (written as usize).max(buf.len() * 2).min(MAX_VP_STATE);
+            if hr == prop::E_INSUFFICIENT_BUFFER {
+                if buf.len() >= max {
+                    return Err(HvError::State(format!(
+                        "WHP's {what} state is larger than the {max} bytes a snapshot holds"
+                    )));
+                }
+                let want = (written as usize).max(buf.len() * 2).min(max);
                 buf.resize(want, 0);
                 continue;
             }
@@ -410,8 +417,8 @@ impl Vcpu for WhpVcpu {
         let mut ev = [RegValue::default(); 4];
         self.get(&state::EVENT_NAMES, &mut ev)?;
         (s.events, s.mp_state) = state::events_from_values(&ev).map_err(state_err)?;
-        s.xsave = self.get_state(prop::STATE_XSAVE, "XSAVE")?;
-        s.lapic = self.get_state(prop::STATE_LAPIC, "local APIC")?;
+        s.xsave = self.get_state(prop::STATE_XSAVE, "XSAVE", MAX_XSAVE)?;
+        s.lapic = self.get_state(prop::STATE_LAPIC, "local APIC", MAX_LAPIC)?;
         Ok(s)
     }
 
