@@ -25,7 +25,7 @@ use krypton_devices::virtio::mmio::MmioTransport;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::bus::{Bus, BusError};
-use crate::hv::{HvError, Hypervisor, Kick, Vcpu, VcpuState, Vm, VmConfig};
+use crate::hv::{Backend, HvError, Hypervisor, Kick, Vcpu, VcpuState, Vm, VmConfig};
 use crate::mmio_check::{MmioCheck, MmioCheckStats};
 use crate::snapshot::MachineState;
 use crate::vcpu::{ExitContext, VcpuStop, run_loop};
@@ -161,6 +161,8 @@ pub enum MachineError {
 /// A VM being assembled; `run` starts it.
 pub struct Machine {
     vm: Arc<dyn Vm>,
+    /// The backend `vm` runs on (named in snapshots).
+    backend: Backend,
     mem: GuestMem,
     cpus: u8,
     pio: Bus,
@@ -295,6 +297,7 @@ impl Machine {
         let mmio_check = crate::mmio_check::requested_by_env().then(Arc::default);
         Ok(Machine {
             vm,
+            backend: hv.backend(),
             mem,
             cpus: cfg.cpus,
             pio,

@@ -257,7 +257,7 @@ fn boot(args: BootArgs) -> Result<Outcome, String> {
     let restore = match &args.restore {
         Some(path) => {
             let snap = Snapshot::open(path).map_err(|e| one_line(&e))?;
-            snap.check_identity(key, args.mem, args.cpus)
+            snap.check_identity(crate::hv::Backend::host_default(), key, args.mem, args.cpus)
                 .map_err(|e| one_line(&e))?;
             Some(snap)
         }

@@ -77,7 +77,7 @@ pub(super) fn template_for(
 /// when one exists but cannot be used (it is then made again).
 fn open_fitting(path: &Path, key: u64, mem: u64, cpus: u8) -> Option<Snapshot> {
     match Snapshot::open(path) {
-        Ok(s) => match s.check_identity(key, mem, cpus) {
+        Ok(s) => match s.check_identity(crate::hv::Backend::host_default(), key, mem, cpus) {
             Ok(()) => Some(s),
             Err(e) => {
                 notice(&format!("{}; making a new template", one_line(&e)));

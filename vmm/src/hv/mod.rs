@@ -65,6 +65,10 @@ pub enum HvError {
     /// MMIO instruction the emulator does not know).
     #[error("{0}")]
     Guest(String),
+    /// Saved state this backend cannot hold (for example a snapshot field
+    /// with no register on this hypervisor).
+    #[error("{0}")]
+    State(String),
 }
 
 /// Static configuration of a VM, fixed at creation.
@@ -81,6 +85,8 @@ pub struct VmConfig {
 pub trait Hypervisor: Send + Sync {
     /// Backend name for messages ("kvm", "whp").
     fn name(&self) -> &'static str;
+    /// Which backend this is (snapshots are tagged with it).
+    fn backend(&self) -> Backend;
     /// Creates an empty VM with its interrupt controller set up.
     fn create_vm(&self, config: &VmConfig) -> Result<Arc<dyn Vm>, HvError>;
 }

@@ -152,7 +152,7 @@ impl Machine {
                 unsafe { std::slice::from_raw_parts(r.as_ptr().cast_const(), r.len() as usize) }
             })
             .collect();
-        snapshot::write(&path, key, &state, &regions)?;
+        snapshot::write(&path, self.backend, key, &state, &regions)?;
         log::info!("VM saved to {}", path.display());
         Ok(())
     }

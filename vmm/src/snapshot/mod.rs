@@ -3,14 +3,21 @@
 //!
 //! ```text
 //! 0       header (HEADER_LEN bytes): magic "KRYPSNAP", format version,
-//!         identity key, guest RAM size, vCPU count, state length and CRC32,
-//!         memory offset and length, CRC32 of the header itself
+//!         backend, identity key, guest RAM size, vCPU count, state length
+//!         and CRC32, memory offset and length, CRC32 of the header itself
 //! 4096    machine state (codec.rs), state_len bytes
-//! mem_off guest RAM, page-aligned, regions back to back; all-zero pages
+//! mem_off guest RAM, 64 KiB-aligned, regions back to back; all-zero pages
 //!         are holes
 //! ```
 //!
-//! Restoring maps guest RAM from the file `MAP_PRIVATE`: pages are read
+//! The vCPU state is the backend's own (KVM's 1 KiB APIC page, standard
+//! XSAVE and kvmclock; WHP's InterruptControllerState2 and compacted XSAVE),
+//! so the header names the backend and a snapshot restores only on the
+//! backend that made it.
+//!
+//! Restoring maps guest RAM from the file copy-on-write (`MAP_PRIVATE` on
+//! Linux, a `PAGE_WRITECOPY` file mapping on Windows, whose view offsets
+//! must be multiples of the 64 KiB allocation granularity): pages are read
 //! only when the guest touches them and writes stay private to that VM.
 //! Files are written to a temporary name and renamed, so a reader never
 //! sees half a snapshot.
@@ -27,16 +34,22 @@ use std::path::{Path, PathBuf};
 pub use memory::map_guest_memory;
 pub use state::MachineState;
 
+use crate::hv::Backend;
+
 /// First bytes of every snapshot.
 pub const MAGIC: [u8; 8] = *b"KRYPSNAP";
-/// Format version written and the only one read.
-pub const VERSION: u32 = 1;
+/// Format version written and the only one read (2: backend tag, RAM
+/// aligned to 64 KiB).
+pub const VERSION: u32 = 2;
 /// Size of the header block.
 pub const HEADER_LEN: u64 = 4096;
 /// Largest machine state accepted.
 const MAX_STATE: u64 = 64 << 20;
-/// Alignment of guest memory in the file.
+/// Size of a page (the unit of holes).
 const PAGE: u64 = 4096;
+/// Alignment of guest memory in the file: Windows' allocation granularity,
+/// the alignment `MapViewOfFile` needs for file offsets.
+pub const MEM_ALIGN: u64 = 64 << 10;
 
 /// Errors reading or writing a snapshot.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +102,8 @@ pub enum SnapshotError {
 /// The fixed header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// The hypervisor whose vCPU state the snapshot holds.
+    pub backend: Backend,
     /// Hash of everything that shapes the VM (see `key`).
     pub key: u64,
     /// Guest RAM in MiB.
@@ -110,6 +125,7 @@ impl Header {
         let mut w = codec::Writer::new();
         MAGIC.iter().for_each(|&b| w.u8(b));
         w.u32(VERSION);
+        w.u8(backend_tag(self.backend));
         w.u64(self.key);
         w.u64(self.mem_mib);
         w.u8(self.cpus);
@@ -142,7 +158,10 @@ impl Header {
                 found: version,
             });
         }
+        let backend = r.u8().map_err(short)?;
         let h = Header {
+            backend: backend_from_tag(backend)
+                .ok_or_else(|| corrupt("unknown hypervisor backend"))?,
             key: r.u64().map_err(short)?,
             mem_mib: r.u64().map_err(short)?,
             cpus: r.u8().map_err(short)?,
@@ -152,12 +171,12 @@ impl Header {
             mem_len: r.u64().map_err(short)?,
         };
         let crc = r.u32().map_err(short)?;
-        let covered = MAGIC.len() + 4 + 8 + 8 + 1 + 8 + 4 + 8 + 8;
+        let covered = MAGIC.len() + 4 + 1 + 8 + 8 + 1 + 8 + 4 + 8 + 8;
         if crc32fast::hash(&b[..covered]) != crc {
             return Err(corrupt("header checksum mismatch"));
         }
         if h.state_len > MAX_STATE
-            || !h.mem_offset.is_multiple_of(PAGE)
+            || !h.mem_offset.is_multiple_of(MEM_ALIGN)
             || h.mem_offset < HEADER_LEN + h.state_len
             || h.mem_len != h.mem_mib << 20
         {
@@ -222,9 +241,22 @@ impl Snapshot {
         })
     }
 
-    /// Fails unless the snapshot was made for a VM with this identity.
-    pub fn check_identity(&self, key: u64, mem_mib: u64, cpus: u8) -> Result<(), SnapshotError> {
-        let what = if self.header.mem_mib != mem_mib {
+    /// Fails unless the snapshot was made for a VM with this identity on
+    /// this backend.
+    pub fn check_identity(
+        &self,
+        backend: Backend,
+        key: u64,
+        mem_mib: u64,
+        cpus: u8,
+    ) -> Result<(), SnapshotError> {
+        let what = if self.header.backend != backend {
+            format!(
+                "it holds {} vCPU state, this host runs {}",
+                backend_name(self.header.backend),
+                backend_name(backend)
+            )
+        } else if self.header.mem_mib != mem_mib {
             format!("{} MiB of RAM, not {mem_mib}", self.header.mem_mib)
         } else if self.header.cpus != cpus {
             format!("{} vCPUs, not {cpus}", self.header.cpus)
@@ -240,10 +272,33 @@ impl Snapshot {
     }
 }
 
+fn backend_tag(b: Backend) -> u8 {
+    match b {
+        Backend::Kvm => 1,
+        Backend::Whp => 2,
+    }
+}
+
+fn backend_from_tag(t: u8) -> Option<Backend> {
+    match t {
+        1 => Some(Backend::Kvm),
+        2 => Some(Backend::Whp),
+        _ => None,
+    }
+}
+
+fn backend_name(b: Backend) -> &'static str {
+    match b {
+        Backend::Kvm => "KVM",
+        Backend::Whp => "Windows Hypervisor Platform",
+    }
+}
+
 /// Writes a snapshot of `state` and `memory` (the guest RAM regions, in
-/// order) to `path`, atomically.
+/// order) made on `backend` to `path`, atomically.
 pub fn write(
     path: &Path,
+    backend: Backend,
     key: u64,
     state: &MachineState,
     memory: &[&[u8]],
@@ -252,12 +307,13 @@ pub fn write(
     let state_len = encoded.len() as u64;
     let mem_len: u64 = memory.iter().map(|m| m.len() as u64).sum();
     let header = Header {
+        backend,
         key,
         mem_mib: mem_len >> 20,
         cpus: u8::try_from(state.vcpus.len()).unwrap_or(u8::MAX),
         state_len,
         state_crc: crc32fast::hash(&encoded),
-        mem_offset: (HEADER_LEN + state_len).div_ceil(PAGE) * PAGE,
+        mem_offset: (HEADER_LEN + state_len).div_ceil(MEM_ALIGN) * MEM_ALIGN,
         mem_len,
     };
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));

@@ -46,6 +46,8 @@ extern "system" {
     ) -> *mut c_void;
 
     pub fn CloseHandle(hObject: RawHandle) -> u32; // BOOL
+
+    pub fn UnmapViewOfFile(lpBaseAddress: *const c_void) -> u32; // BOOL
 }
 
 const MM_HIGHEST_VAD_ADDRESS: u64 = 0x000007FFFFFDFFFF;
@@ -54,6 +56,8 @@ const MEM_COMMIT: u32 = 0x00001000;
 const MEM_RELEASE: u32 = 0x00008000;
 const FILE_MAP_ALL_ACCESS: u32 = 0xf001f;
 const PAGE_READWRITE: u32 = 0x04;
+const PAGE_WRITECOPY: u32 = 0x08;
+const FILE_MAP_COPY: u32 = 0x01;
 
 pub const MAP_FAILED: *mut c_void = null_mut::<c_void>();
 pub const INVALID_HANDLE_VALUE: RawHandle = (-1isize) as RawHandle;
@@ -75,6 +79,9 @@ pub struct MmapRegion<B> {
     size: usize,
     bitmap: B,
     file_offset: Option<FileOffset>,
+    // Krypton: `addr` is a file view (MapViewOfFile), released with
+    // UnmapViewOfFile rather than VirtualFree.
+    view: bool,
 }
 
 // Send and Sync aren't automatically inherited for the raw address pointer.
@@ -104,6 +111,7 @@ impl<B: NewBitmap> MmapRegion<B> {
             size,
             bitmap: B::with_len(size),
             file_offset: None,
+            view: false,
         })
     }
 
@@ -159,6 +167,46 @@ impl<B: NewBitmap> MmapRegion<B> {
             size,
             bitmap: B::with_len(size),
             file_offset: Some(file_offset),
+            view: true,
+        })
+    }
+
+    /// Krypton: maps `size` bytes of the file at `file_offset.start`
+    /// copy-on-write (`PAGE_WRITECOPY` + `FILE_MAP_COPY`): pages are read on
+    /// first touch and writes stay private to this process. The offset must
+    /// be a multiple of the allocation granularity (64 KiB) and the file at
+    /// least `start + size` bytes long.
+    pub fn from_file_copy_on_write(file_offset: FileOffset, size: usize) -> io::Result<Self> {
+        if size == 0 || size > MM_HIGHEST_VAD_ADDRESS as usize {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let handle = file_offset.file().as_raw_handle();
+        if handle == INVALID_HANDLE_VALUE {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        // SAFETY: a valid file handle; a maximum size of 0 means the file's size.
+        let mapping = unsafe { CreateFileMappingA(handle, null(), PAGE_WRITECOPY, 0, 0, null()) };
+        if mapping == 0 as RawHandle {
+            return Err(io::Error::last_os_error());
+        }
+        let offset = file_offset.start();
+        // SAFETY: a new view of a mapping we own, at an address the OS picks.
+        let addr =
+            unsafe { MapViewOfFile(mapping, FILE_MAP_COPY, (offset >> 32) as u32, offset as u32, size) };
+        let err = io::Error::last_os_error();
+        // SAFETY: the view keeps the section alive; the handle is ours.
+        unsafe {
+            CloseHandle(mapping);
+        }
+        if addr.is_null() {
+            return Err(err);
+        }
+        Ok(Self {
+            addr: addr as *mut u8,
+            size,
+            bitmap: B::with_len(size),
+            file_offset: Some(file_offset),
+            view: true,
         })
     }
 }
@@ -226,7 +274,11 @@ impl<B> Drop for MmapRegion<B> {
         // Note that the size must be set to 0 when using MEM_RELEASE,
         // otherwise the function fails.
         unsafe {
-            let ret_val = VirtualFree(self.addr as *mut libc::c_void, 0, MEM_RELEASE);
+            let ret_val = if self.view {
+                UnmapViewOfFile(self.addr as *const libc::c_void)
+            } else {
+                VirtualFree(self.addr as *mut libc::c_void, 0, MEM_RELEASE)
+            };
             if ret_val == 0 {
                 let err = GetLastError();
                 // We can't use any fancy logger here, yet we want to

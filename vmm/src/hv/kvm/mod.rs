@@ -78,6 +78,10 @@ impl Kvm {
 }
 
 impl Hypervisor for Kvm {
+    fn backend(&self) -> crate::hv::Backend {
+        crate::hv::Backend::Kvm
+    }
+
     fn name(&self) -> &'static str {
         "kvm"
     }

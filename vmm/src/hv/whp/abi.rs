@@ -51,7 +51,19 @@ pub mod reg {
     pub const CSTAR: i32 = 0x200a;
     pub const SFMASK: i32 = 0x200b;
     pub const MTRR_DEF_TYPE: i32 = 0x200e;
+    pub const DR0: i32 = 33;
+    pub const DR1: i32 = 34;
+    pub const DR2: i32 = 35;
+    pub const DR3: i32 = 36;
+    pub const DR6: i32 = 37;
+    pub const DR7: i32 = 38;
+    pub const XCR0: i32 = 39;
+    pub const TSC_AUX: i32 = 0x207b;
+    pub const PENDING_INTERRUPTION: i32 = 0x8000_0000_u32 as i32;
+    pub const INTERRUPT_STATE: i32 = 0x8000_0001_u32 as i32;
+    pub const PENDING_EVENT: i32 = 0x8000_0002_u32 as i32;
     pub const DELIVERABILITY_NOTIFICATIONS: i32 = 0x8000_0004_u32 as i32;
+    pub const INTERNAL_ACTIVITY_STATE: i32 = 0x8000_0005_u32 as i32;
 }
 
 /// `WHV_RUN_VP_EXIT_REASON` values.
@@ -98,6 +110,12 @@ pub mod prop {
     pub const TRANSLATE_PRIVILEGE_EXEMPT: i32 = 8;
     /// `WHV_E_UNKNOWN_PROPERTY`: an older Windows without this property.
     pub const E_UNKNOWN_PROPERTY: i32 = 0x8037_0302_u32 as i32;
+    /// `WHV_E_INSUFFICIENT_BUFFER`: the state buffer is too small.
+    pub const E_INSUFFICIENT_BUFFER: i32 = 0x8037_0301_u32 as i32;
+    /// `WHV_VIRTUAL_PROCESSOR_STATE_TYPE`: the XSAVE area.
+    pub const STATE_XSAVE: i32 = 0x1001;
+    /// `WHV_VIRTUAL_PROCESSOR_STATE_TYPE`: the local APIC (InterruptControllerState2).
+    pub const STATE_LAPIC: i32 = 0x1000;
 }
 
 /// Size of `WHV_RUN_VP_EXIT_CONTEXT`.

@@ -10,6 +10,7 @@
 pub mod abi;
 pub mod policy;
 pub mod regs;
+pub mod state;
 #[cfg(windows)]
 mod sys;
 #[cfg(not(windows))]
@@ -29,13 +30,6 @@ pub const NOT_INSTALLED: &str = "the Windows Hypervisor Platform is not installe
 pub const NOT_RUNNING: &str = "the Windows Hypervisor Platform is installed but the hypervisor is not \
     running: enable virtualization (VT-x/AMD-V) in the firmware, run `bcdedit /set hypervisorlaunchtype \
     auto` and reboot, or, inside a VM, enable nested virtualization";
-
-/// Why `save_state`/`restore_state` fail on WHP: the calls exist
-/// (`WHvGetVirtualProcessorState` for XSAVE and the LAPIC, the register
-/// arrays for the rest) but are not written yet, and no Windows machine is
-/// available to test them.
-pub const SNAPSHOT_UNSUPPORTED: &str =
-    "VM snapshots are not implemented on the Windows Hypervisor Platform yet";
 
 /// Opens WHP, or explains why it cannot be used on this host.
 pub fn open() -> Result<Box<dyn Hypervisor>, HvError> {

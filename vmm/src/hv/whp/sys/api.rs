@@ -50,6 +50,8 @@ type TranslateGvaFn = unsafe extern "system" fn(
     *mut WHV_TRANSLATE_GVA_RESULT,
     *mut u64,
 ) -> HRESULT;
+type GetVpStateFn = unsafe extern "system" fn(H, u32, i32, *mut c_void, u32, *mut u32) -> HRESULT;
+type SetVpStateFn = unsafe extern "system" fn(H, u32, i32, *const c_void, u32) -> HRESULT;
 type RequestInterruptFn =
     unsafe extern "system" fn(H, *const WHV_INTERRUPT_CONTROL, u32) -> HRESULT;
 
@@ -70,6 +72,11 @@ pub(crate) struct Api {
     pub set_vp_registers: SetRegistersFn,
     pub translate_gva: TranslateGvaFn,
     pub request_interrupt: RequestInterruptFn,
+    /// Windows 11 / Server 2022 and later; snapshots need them.
+    pub get_vp_state: Option<GetVpStateFn>,
+    pub set_vp_state: Option<SetVpStateFn>,
+    /// Optional: suspends the partition's reference time until a vCPU runs.
+    pub suspend_partition_time: Option<PartitionFn>,
 }
 
 static API: OnceLock<Result<Api, String>> = OnceLock::new();
@@ -129,6 +136,16 @@ fn load() -> Result<Api, String> {
     if module.is_null() {
         return Err(NOT_INSTALLED.into());
     }
+    macro_rules! optional {
+        ($name:literal, $ty:ty) => {{
+            // SAFETY: `module` is loaded (and never freed); the name is NUL-terminated.
+            let f = unsafe { GetProcAddress(module, concat!($name, "\0").as_ptr()) };
+            // SAFETY: the export has the documented WHP signature of the field it is assigned to.
+            f.map(|f| unsafe {
+                std::mem::transmute::<unsafe extern "system" fn() -> isize, $ty>(f)
+            })
+        }};
+    }
     macro_rules! sym {
         ($name:literal, $ty:ty) => {{
             // SAFETY: `module` is loaded (and never freed); the name is NUL-terminated.
@@ -158,6 +175,9 @@ fn load() -> Result<Api, String> {
         set_vp_registers: sym!("WHvSetVirtualProcessorRegisters", SetRegistersFn),
         translate_gva: sym!("WHvTranslateGva", TranslateGvaFn),
         request_interrupt: sym!("WHvRequestInterrupt", RequestInterruptFn),
+        get_vp_state: optional!("WHvGetVirtualProcessorState", GetVpStateFn),
+        set_vp_state: optional!("WHvSetVirtualProcessorState", SetVpStateFn),
+        suspend_partition_time: optional!("WHvSuspendPartitionTime", PartitionFn),
     })
 }
 

@@ -76,6 +76,20 @@ const _: () = {
     assert!(w::WHvX64RegisterCstar == reg::CSTAR && w::WHvX64RegisterSfmask == reg::SFMASK);
     assert!(w::WHvX64RegisterMsrMtrrDefType == reg::MTRR_DEF_TYPE);
     assert!(w::WHvX64RegisterDeliverabilityNotifications == reg::DELIVERABILITY_NOTIFICATIONS);
+    assert!(w::WHvX64RegisterDr0 == reg::DR0 && w::WHvX64RegisterDr1 == reg::DR1);
+    assert!(w::WHvX64RegisterDr2 == reg::DR2 && w::WHvX64RegisterDr3 == reg::DR3);
+    assert!(w::WHvX64RegisterDr6 == reg::DR6 && w::WHvX64RegisterDr7 == reg::DR7);
+    assert!(w::WHvX64RegisterXCr0 == reg::XCR0 && w::WHvX64RegisterTscAux == reg::TSC_AUX);
+    assert!(w::WHvRegisterPendingInterruption == reg::PENDING_INTERRUPTION);
+    assert!(w::WHvRegisterInterruptState == reg::INTERRUPT_STATE);
+    assert!(w::WHvRegisterPendingEvent == reg::PENDING_EVENT);
+    assert!(w::WHvRegisterInternalActivityState == reg::INTERNAL_ACTIVITY_STATE);
+    assert!(w::WHvX64PendingEventException == 0 && w::WHvX64PendingEventExtInt == 5);
+    assert!(w::WHvVirtualProcessorStateTypeXsaveState == prop::STATE_XSAVE);
+    assert!(w::WHvVirtualProcessorStateTypeInterruptControllerState2 == prop::STATE_LAPIC);
+    assert!(
+        windows_sys::Win32::Foundation::WHV_E_INSUFFICIENT_BUFFER == prop::E_INSUFFICIENT_BUFFER
+    );
 
     assert!(w::WHvRunVpExitReasonNone as u32 == exit::NONE);
     assert!(w::WHvRunVpExitReasonMemoryAccess as u32 == exit::MEMORY_ACCESS);

@@ -111,6 +111,10 @@ impl Partition {
 }
 
 impl Hypervisor for Whp {
+    fn backend(&self) -> crate::hv::Backend {
+        crate::hv::Backend::Whp
+    }
+
     fn name(&self) -> &'static str {
         "whp"
     }
@@ -238,11 +242,25 @@ impl Vm for WhpVm {
             .map(|v| Box::new(v) as Box<dyn Vcpu>)
     }
 
+    /// WHP has no VM-wide clock to save: the guest's time is each vCPU's
+    /// TSC, saved with its registers.
     fn save_state(&self) -> Result<VmState, HvError> {
-        Err(HvError::Unavailable(super::SNAPSHOT_UNSUPPORTED.into()))
+        Ok(VmState::default())
     }
 
+    /// Suspends partition time before the vCPUs' TSCs are set, so they are
+    /// restored as one: WHP resumes it when the first vCPU runs (as QEMU's
+    /// WHPX `whpx_set_tsc` relies on; not checked here). Without the call
+    /// (older Windows) the TSCs may differ by the time between the sets.
     fn restore_state(&self, _: &VmState) -> Result<(), HvError> {
-        Err(HvError::Unavailable(super::SNAPSHOT_UNSUPPORTED.into()))
+        let p = &self.part;
+        match p.api.suspend_partition_time {
+            // SAFETY: plain call on a set-up partition whose vCPUs do not run.
+            Some(f) => check("WHvSuspendPartitionTime", unsafe { f(p.handle) }),
+            None => {
+                log::warn!("WHvSuspendPartitionTime is missing; vCPU TSCs may drift apart");
+                Ok(())
+            }
+        }
     }
 }

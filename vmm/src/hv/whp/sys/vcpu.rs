@@ -4,13 +4,32 @@
 use super::Partition;
 use super::api::check;
 use crate::emulator::{self, SnapshotCpu};
-use crate::hv::whp::abi::{self, Exit, ExitBuf, IoAccess, MemoryAccess, RegValue, VpContext, reg};
+use crate::hv::whp::abi::{
+    self, Exit, ExitBuf, IoAccess, MemoryAccess, RegValue, VpContext, prop, reg,
+};
 use crate::hv::whp::policy::{self, MsrReply};
 use crate::hv::whp::regs::{self, GPR_NAMES, SREG_NAMES};
+use crate::hv::whp::state;
 use crate::hv::{HvError, IoOp, Kick, Regs, Sregs, Vcpu, VcpuExit, VcpuState};
 use krypton_devices::warn_ratelimited;
 use std::sync::Arc;
 use windows_sys::Win32::System::Hypervisor::{WHV_REGISTER_VALUE, WHV_TRANSLATE_GVA_RESULT};
+
+/// Largest XSAVE and APIC state read: the snapshot format's limits
+/// (`snapshot/state.rs`).
+const MAX_XSAVE: usize = 16 << 10;
+const MAX_LAPIC: usize = 4096;
+
+fn state_err(e: state::StateError) -> HvError {
+    HvError::State(e.to_string())
+}
+
+fn state_api_missing(what: &str) -> HvError {
+    HvError::Unavailable(format!(
+        "this Windows lacks WHvGet/SetVirtualProcessorState ({what}); VM snapshots need \
+         Windows 11 or Windows Server 2022 or later"
+    ))
+}
 
 /// An exit waiting for `handle_io`/`handle_mmio`.
 #[derive(Debug, Clone, Copy)]
@@ -86,6 +105,60 @@ impl WhpVcpu {
             )
         };
         check("WHvSetVirtualProcessorRegisters", hr)
+    }
+
+    /// `WHvGetVirtualProcessorState` of `kind`, growing the buffer while
+    /// WHP answers `WHV_E_INSUFFICIENT_BUFFER`, up to `max` bytes.
+    fn get_state(&self, kind: i32, what: &str, max: usize) -> Result<Vec<u8>, HvError> {
+        let p = &self.part;
+        let get = p.api.get_vp_state.ok_or_else(|| state_api_missing(what))?;
+        let mut buf = vec![0u8; 4096.min(max)];
+        loop {
+            let mut written = 0u32;
+            // SAFETY: `buf` is `len` writable bytes; `written` is a writable local.
+            let hr = unsafe {
+                get(
+                    p.handle,
+                    self.index,
+                    kind,
+                    buf.as_mut_ptr().cast(),
+                    buf.len() as u32,
+                    &raw mut written,
+                )
+            };
+            if hr == prop::E_INSUFFICIENT_BUFFER {
+                if buf.len() >= max {
+                    return Err(HvError::State(format!(
+                        "WHP's {what} state is larger than the {max} bytes a snapshot holds"
+                    )));
+                }
+                let want = (written as usize).max(buf.len() * 2).min(max);
+                buf.resize(want, 0);
+                continue;
+            }
+            check("WHvGetVirtualProcessorState", hr)?;
+            buf.truncate((written as usize).min(buf.len()));
+            return Ok(buf);
+        }
+    }
+
+    fn set_state(&self, kind: i32, data: &[u8]) -> Result<(), HvError> {
+        let p = &self.part;
+        let set = p
+            .api
+            .set_vp_state
+            .ok_or_else(|| state_api_missing("state"))?;
+        // SAFETY: `data` is `len` readable bytes for the call.
+        let hr = unsafe {
+            set(
+                p.handle,
+                self.index,
+                kind,
+                data.as_ptr().cast(),
+                data.len() as u32,
+            )
+        };
+        check("WHvSetVirtualProcessorState", hr)
     }
 
     fn next_rip(vp: &VpContext, default_len: u64) -> u64 {
@@ -331,16 +404,38 @@ impl Vcpu for WhpVcpu {
         })
     }
 
+    /// Reads the register arrays, the event registers and the opaque
+    /// XSAVE and APIC state. An I/O or MMIO exit not yet completed is
+    /// dropped: WHP has not advanced RIP, so the restored guest executes
+    /// the access again.
     fn save_state(&mut self) -> Result<VcpuState, HvError> {
-        Err(HvError::Unavailable(
-            super::super::SNAPSHOT_UNSUPPORTED.into(),
-        ))
+        self.pending = None;
+        let names = state::register_names();
+        let mut v = [RegValue::default(); state::N_REGISTERS];
+        self.get(&names, &mut v)?;
+        let mut s = state::registers_from_values(&v);
+        let mut ev = [RegValue::default(); 4];
+        self.get(&state::EVENT_NAMES, &mut ev)?;
+        (s.events, s.mp_state) = state::events_from_values(&ev).map_err(state_err)?;
+        s.xsave = self.get_state(prop::STATE_XSAVE, "XSAVE", MAX_XSAVE)?;
+        s.lapic = self.get_state(prop::STATE_LAPIC, "local APIC", MAX_LAPIC)?;
+        Ok(s)
     }
 
-    fn restore_state(&mut self, _: &VcpuState) -> Result<(), HvError> {
-        Err(HvError::Unavailable(
-            super::super::SNAPSHOT_UNSUPPORTED.into(),
-        ))
+    /// Registers first (APIC base included), then XSAVE and the APIC, then
+    /// events and the run state.
+    fn restore_state(&mut self, s: &VcpuState) -> Result<(), HvError> {
+        if s.xsave.is_empty() || s.lapic.is_empty() {
+            return Err(HvError::State(
+                "the saved vCPU has no XSAVE or local APIC state".into(),
+            ));
+        }
+        let values = state::registers_to_values(s).map_err(state_err)?;
+        let events = state::events_to_values(&s.events, s.mp_state).map_err(state_err)?;
+        self.set(&state::register_names(), &values)?;
+        self.set_state(prop::STATE_XSAVE, &s.xsave)?;
+        self.set_state(prop::STATE_LAPIC, &s.lapic)?;
+        self.set(&state::EVENT_NAMES, &events)
     }
 }
 
