@@ -12,6 +12,7 @@
 //! ignored with the reason, never as passed.
 
 mod cases;
+mod fs_cases;
 mod net_cases;
 mod support;
 
@@ -48,6 +49,10 @@ const CASES: &[(&str, Case)] = &[
     (
         "restores_are_fresh_and_cold_boot_works",
         cases::restores_are_fresh_and_cold_boot_works,
+    ),
+    (
+        "fs_share_data_metadata_ro_escapes_harness",
+        fs_cases::share_data_metadata_ro_escapes_harness,
     ),
 ];
 
