@@ -181,9 +181,12 @@ fn collect(mut child: std::process::Child, what: &str) -> Result<Vec<String>> {
 }
 
 fn krypton_side(krypton: &Path, share: &Path, mib: u64, ops: u64) -> Result<Vec<String>> {
+    // The volume layout of the e2e virtio-fs case (one read-write, one
+    // read-only share), so both start from one template snapshot.
     let vol = format!("{}:/mnt", share.display());
+    let ro = format!("{}:/mnt-ro:ro", share.display());
     let child = Command::new(krypton)
-        .args(["run", "-v", &vol, "--", "/mnt/fsbench", "/mnt"])
+        .args(["run", "-v", &vol, "-v", &ro, "--", "/mnt/fsbench", "/mnt"])
         .arg(mib.to_string())
         .arg(ops.to_string())
         .stdin(Stdio::null())
