@@ -167,7 +167,9 @@ fn collect(mut child: std::process::Child, what: &str) -> Result<Vec<String>> {
             }
             Err(mpsc::RecvTimeoutError::Timeout) if t.elapsed() < SIDE_DEADLINE => {}
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                break Err(anyhow::anyhow!("{what}: no result within {SIDE_DEADLINE:?}"));
+                break Err(anyhow::anyhow!(
+                    "{what}: no result within {SIDE_DEADLINE:?}"
+                ));
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 break Err(anyhow::anyhow!("{what} ended before the workload did"));
@@ -277,7 +279,16 @@ fn qemu_side(qemu: &str, share: &Path, mib: u64, ops: u64) -> Result<Vec<String>
         share.display()
     );
     let child = Command::new(qemu)
-        .args(["-M", "microvm,rtc=on", "-accel", "kvm", "-m", "256M", "-smp", "1"])
+        .args([
+            "-M",
+            "microvm,rtc=on",
+            "-accel",
+            "kvm",
+            "-m",
+            "256M",
+            "-smp",
+            "1",
+        ])
         .arg("-cpu")
         .arg(qemu_cpu_hides(&root)?)
         .arg("-kernel")
@@ -285,7 +296,14 @@ fn qemu_side(qemu: &str, share: &Path, mib: u64, ops: u64) -> Result<Vec<String>
         .arg("-initrd")
         .arg(&initrd)
         .args(["-append", &append])
-        .args(["-nodefaults", "-no-reboot", "-display", "none", "-serial", "stdio"])
+        .args([
+            "-nodefaults",
+            "-no-reboot",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+        ])
         .args(["-fsdev", &fsdev])
         .args(["-device", "virtio-9p-device,fsdev=fs0,mount_tag=bench"])
         .stdin(Stdio::null())
@@ -343,7 +361,10 @@ pub fn run(krypton: &Path, qemu: &str) -> Result<()> {
             "{name}: {untarred} files in untar/d0 on the host, want {FILES}"
         );
         let f = Figures::parse(&lines).with_context(|| format!("{name} side"))?;
-        eprintln!("bench fs: {name} side took {:.1} s", t.elapsed().as_secs_f64());
+        eprintln!(
+            "bench fs: {name} side took {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
         results.push((name, f));
         std::fs::remove_dir_all(&share)?;
     }
@@ -354,12 +375,22 @@ pub fn run(krypton: &Path, qemu: &str) -> Result<()> {
         "== host directories: krypton virtio-fs vs qemu virtio-9p (pvm-test kernel, {mib} MiB, {ops} ops, {} files untarred) ==",
         DIRS * FILES
     );
-    println!("  (guest kernel emulated on kvm_pvm: absolute guest figures are slow; read the ratios)");
-    println!("  {:26} {:>10} {:>10} {:>10}", "", "host", "krypton", "qemu-9p");
+    println!(
+        "  (guest kernel emulated on kvm_pvm: absolute guest figures are slow; read the ratios)"
+    );
+    println!(
+        "  {:26} {:>10} {:>10} {:>10}",
+        "", "host", "krypton", "qemu-9p"
+    );
     let row = |what: &str, hv: f64, kv: f64, qv: f64| {
         println!("  {what:26} {hv:10.1} {kv:10.1} {qv:10.1}");
     };
-    row("seq write MiB/s (fsync)", h.write_mibs, k.write_mibs, q.write_mibs);
+    row(
+        "seq write MiB/s (fsync)",
+        h.write_mibs,
+        k.write_mibs,
+        q.write_mibs,
+    );
     row("seq read MiB/s", h.read_mibs, k.read_mibs, q.read_mibs);
     row("create+stat+unlink /s", h.meta_ops, k.meta_ops, q.meta_ops);
     row("untar seconds", h.untar_s, k.untar_s, q.untar_s);
@@ -367,7 +398,13 @@ pub fn run(krypton: &Path, qemu: &str) -> Result<()> {
     let r = k.read_mibs / q.read_mibs;
     let m = k.meta_ops / q.meta_ops;
     let u = q.untar_s / k.untar_s;
-    println!("  krypton/qemu write {w:.2}x, read {r:.2}x (goal >= 1x: {})", verdict(w >= 1.0 && r >= 1.0));
-    println!("  krypton/qemu metadata {m:.2}x, untar speed {u:.2}x (goal >= 2x: {})", verdict(m >= 2.0 && u >= 2.0));
+    println!(
+        "  krypton/qemu write {w:.2}x, read {r:.2}x (goal >= 1x: {})",
+        verdict(w >= 1.0 && r >= 1.0)
+    );
+    println!(
+        "  krypton/qemu metadata {m:.2}x, untar speed {u:.2}x (goal >= 2x: {})",
+        verdict(m >= 2.0 && u >= 2.0)
+    );
     Ok(())
 }

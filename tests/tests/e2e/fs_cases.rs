@@ -129,9 +129,8 @@ fn plant(s: &Shares, out: &str) -> Result<String> {
     }
     std::fs::write(s.path("a/inside"), "inside\n")?;
     std::fs::write(s.path("a/input"), "fail\n")?;
-    let link = |target: &str, name: &str| {
-        std::os::unix::fs::symlink(target, s.path(&format!("a/{name}")))
-    };
+    let link =
+        |target: &str, name: &str| std::os::unix::fs::symlink(target, s.path(&format!("a/{name}")));
     link("../outside/secret", "planted_rel")?;
     link(&format!("{out}/secret"), "planted_abs")?;
     link(&format!("/proc/self/root{out}/secret"), "planted_proc")?;
@@ -162,7 +161,11 @@ fn plant(s: &Shares, out: &str) -> Result<String> {
 ///   binary from the read-only share; its exit status 3 is krypton's.
 pub fn share_data_metadata_ro_escapes_harness() -> Result<()> {
     let s = Shares::new("fs")?;
-    let out = s.path("outside").to_str().context("non-UTF-8 scratch path")?.to_owned();
+    let out = s
+        .path("outside")
+        .to_str()
+        .context("non-UTF-8 scratch path")?
+        .to_owned();
     let big_sum = plant(&s, &out)?;
     let ro_before = std::fs::metadata(s.path("b/ro.txt"))?;
     let outside_before = s.outside()?;
@@ -184,8 +187,14 @@ pub fn share_data_metadata_ro_escapes_harness() -> Result<()> {
     );
     let p = pairs(&text);
     want(&p, "done", "1", &text)?;
-    eprintln!("fs e2e: guest read {BIG_MIB} MiB (uptime before, after): {:?}", p.get("big_secs"));
-    ensure!(text.ends_with("harness read: fail\n"), "no harness line at the end:\n{text}");
+    eprintln!(
+        "fs e2e: guest read {BIG_MIB} MiB (uptime before, after): {:?}",
+        p.get("big_secs")
+    );
+    ensure!(
+        text.ends_with("harness read: fail\n"),
+        "no harness line at the end:\n{text}"
+    );
 
     // Data and metadata, as the guest saw them.
     for (k, v) in [
@@ -220,11 +229,15 @@ pub fn share_data_metadata_ro_escapes_harness() -> Result<()> {
         want(&p, k, v, &text)?;
     }
     want_has(&p, "big_sum", &big_sum, &text)?;
-    for op in ["create", "write", "mkdir", "unlink", "chmod", "utimes", "setxattr"] {
+    for op in [
+        "create", "write", "mkdir", "unlink", "chmod", "utimes", "setxattr",
+    ] {
         want(&p, &format!("ro_{op}"), "Read-only file system", &text)?;
     }
     if p.get("remount_rw").is_some_and(|v| v == "ok") {
-        for op in ["create", "write", "mkdir", "unlink", "chmod", "utimes", "setxattr"] {
+        for op in [
+            "create", "write", "mkdir", "unlink", "chmod", "utimes", "setxattr",
+        ] {
             want(&p, &format!("rw_ro_{op}"), "Read-only file system", &text)?;
         }
     } else {
@@ -235,7 +248,10 @@ pub fn share_data_metadata_ro_escapes_harness() -> Result<()> {
     }
 
     // Escapes: nothing reached the host file outside.
-    ensure!(!text.contains("host-secret"), "the guest read the host file outside:\n{text}");
+    ensure!(
+        !text.contains("host-secret"),
+        "the guest read the host file outside:\n{text}"
+    );
     for k in [
         "esc_dotdot",
         "esc_dotdot_host",
@@ -252,7 +268,10 @@ pub fn share_data_metadata_ro_escapes_harness() -> Result<()> {
     want(&p, "esc_proc_fd", "/a/inside", &text)?;
     want(&p, "esc_hardlink_cross", "Invalid cross-device link", &text)?;
     want(&p, "esc_rename_out", "Invalid cross-device link", &text)?;
-    ensure!(s.outside()? == outside_before, "the directory outside the shares changed");
+    ensure!(
+        s.outside()? == outside_before,
+        "the directory outside the shares changed"
+    );
     for (name, target) in [
         ("g_abs", format!("{out}/secret")),
         ("g_rel", "../outside/secret".to_owned()),
@@ -264,18 +283,36 @@ pub fn share_data_metadata_ro_escapes_harness() -> Result<()> {
 
     // What the host sees.
     let a = |rel: &str| s.path(&format!("a/{rel}"));
-    ensure!(std::fs::read_to_string(a("guest.txt"))? == "from-guest\n", "guest.txt");
+    ensure!(
+        std::fs::read_to_string(a("guest.txt"))? == "from-guest\n",
+        "guest.txt"
+    );
     ensure!(a("d1").is_dir(), "d1 is not a directory on the host");
-    ensure!(std::fs::read_to_string(a("r2"))? == "one\n" && !a("r1").exists(), "rename");
+    ensure!(
+        std::fs::read_to_string(a("r2"))? == "one\n" && !a("r1").exists(),
+        "rename"
+    );
     ensure!(!a("u").exists(), "u is still on the host");
     ensure!(std::fs::metadata(a("h1"))?.nlink() == 2, "h1 link count");
-    ensure!(std::fs::metadata(a("m"))?.permissions().mode() & 0o7777 == 0o751, "mode of m");
+    ensure!(
+        std::fs::metadata(a("m"))?.permissions().mode() & 0o7777 == 0o751,
+        "mode of m"
+    );
     let own = std::fs::metadata(a("o"))?;
     ensure!((own.uid(), own.gid()) == (1234, 5678), "owner of o");
     ensure!(std::fs::metadata(a("t"))?.mtime() == TOUCHED, "mtime of t");
-    ensure!(std::fs::read_link(a("sl"))? == Path::new("target-name"), "sl");
-    ensure!(get_xattr(&a("x"), "user.k")? == b"guest-value", "xattr of x");
-    ensure!(std::fs::read_to_string(a("inside"))? == "inside\n", "a/inside changed");
+    ensure!(
+        std::fs::read_link(a("sl"))? == Path::new("target-name"),
+        "sl"
+    );
+    ensure!(
+        get_xattr(&a("x"), "user.k")? == b"guest-value",
+        "xattr of x"
+    );
+    ensure!(
+        std::fs::read_to_string(a("inside"))? == "inside\n",
+        "a/inside changed"
+    );
     let b: Vec<_> = std::fs::read_dir(s.path("b"))?
         .map(|e| e.map(|e| e.file_name()))
         .collect::<Result<_, _>>()?;
@@ -292,7 +329,15 @@ fn set_xattr(path: &Path, name: &str, value: &str) -> Result<()> {
     let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
     let n = std::ffi::CString::new(name)?;
     // SAFETY: valid C strings and a buffer of the given length.
-    let r = unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    let r = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
     ensure!(r == 0, "setxattr: {}", std::io::Error::last_os_error());
     Ok(())
 }
@@ -307,4 +352,3 @@ fn get_xattr(path: &Path, name: &str) -> Result<Vec<u8>> {
     buf.truncate(r as usize);
     Ok(buf)
 }
-

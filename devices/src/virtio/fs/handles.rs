@@ -93,7 +93,11 @@ mod tests {
         assert_ne!(a, b);
         assert!(t.is_full());
         assert_eq!(t.insert(Open(7)).err(), Some(errno::EMFILE));
-        assert_eq!(t.get(6, a).err(), Some(errno::EBADF), "handle of another node");
+        assert_eq!(
+            t.get(6, a).err(),
+            Some(errno::EBADF),
+            "handle of another node"
+        );
         assert_eq!(t.get(5, 99).err(), Some(errno::EBADF), "unknown handle");
         assert_eq!(t.get(5, a).map(|h| h.0).ok(), Some(5));
         assert_eq!(t.remove(6, a).err(), Some(errno::EBADF));

@@ -36,9 +36,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::abi::ROOT_ID;
-use super::handles::{HandleTable, OnNode};
-pub(super) use super::handles::lock;
 use super::filesystem::{Attr, Entry, Errno, FsResult, Handle, Inode, errno};
+pub(super) use super::handles::lock;
+use super::handles::{HandleTable, OnNode};
 
 /// Default bound of the node table.
 pub const MAX_INODES: usize = 1 << 16;

@@ -63,9 +63,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::abi::ROOT_ID;
-use super::handles::{HandleTable, OnNode};
-pub(super) use super::handles::lock;
 use super::filesystem::{Errno, FsResult, Handle, Inode, StatFs, errno};
+pub(super) use super::handles::lock;
+use super::handles::{HandleTable, OnNode};
 pub use host::Kind;
 
 /// Default bound of the node table (as the Linux backend).
