@@ -35,10 +35,13 @@ pub struct BenchArgs {
     krypton: Option<PathBuf>,
     /// The QEMU binary.
     #[arg(long, default_value = "qemu-system-x86_64")]
-    qemu: String,
+    pub qemu: String,
     /// Only the layer conversion benchmark (tar → EROFS against mkfs).
     #[arg(long)]
     pub only_image: bool,
+    /// Run only the host-directory part (virtio-fs against virtio-9p).
+    #[arg(long)]
+    pub fs_only: bool,
 }
 
 fn workspace_root() -> PathBuf {

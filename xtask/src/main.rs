@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_agent;
+mod bench_fs;
 mod bench_image;
 mod bench_snapshot;
 mod cache;
@@ -43,11 +44,14 @@ enum Task {
 /// run: the VMM against QEMU microvm, virtio-blk against raw pread,
 /// vsock against raw Unix sockets, the agent's exec round trip against
 /// a local fork+exec, layer conversion against mkfs.erofs and mkfs.ext4,
-/// a container start from the template snapshot against
-/// a cold boot.
+/// a container start from the template snapshot against a cold boot,
+/// virtio-fs against QEMU's virtio-9p.
 fn bench_all(args: &bench::BenchArgs) -> Result<()> {
     if args.only_image {
         return bench_image::run_bench();
+    }
+    if args.fs_only {
+        return bench_fs::run(&bench::krypton_binary(args)?, &args.qemu);
     }
     bench::run(args)?;
     for example in ["blk_bench", "vsock_bench"] {
@@ -74,7 +78,9 @@ fn bench_all(args: &bench::BenchArgs) -> Result<()> {
     let krypton = bench::krypton_binary(args)?;
     // The VM size `krypton run` picks: 256 MiB on kvm_pvm hosts, else 512.
     let mem = if setup::host_is_pvm() { 256.0 } else { 512.0 };
-    bench_snapshot::run(&krypton, mem)
+    bench_snapshot::run(&krypton, mem)?;
+    eprintln!("\n== host directories: virtio-fs against QEMU's virtio-9p ==");
+    bench_fs::run(&krypton, &args.qemu)
 }
 
 fn main() -> Result<()> {

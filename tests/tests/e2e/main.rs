@@ -12,6 +12,7 @@
 //! ignored with the reason, never as passed.
 
 mod cases;
+mod fs_cases;
 mod image_cases;
 mod net_cases;
 mod support;
@@ -53,6 +54,10 @@ const CASES: &[(&str, Case)] = &[
     (
         "image_crafted_layers_run_with_their_config",
         image_cases::crafted_image_runs_with_its_config,
+    ),
+    (
+        "fs_share_data_metadata_ro_escapes_harness",
+        fs_cases::share_data_metadata_ro_escapes_harness,
     ),
 ];
 

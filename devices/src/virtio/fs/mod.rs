@@ -18,6 +18,7 @@ pub mod abi;
 pub mod filesystem;
 #[doc(hidden)]
 pub mod fuzz;
+mod handles;
 #[cfg(target_os = "linux")]
 pub mod passthrough;
 pub mod portable;

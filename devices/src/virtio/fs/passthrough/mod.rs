@@ -32,11 +32,13 @@ use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::abi::ROOT_ID;
 use super::filesystem::{Attr, Entry, Errno, FsResult, Handle, Inode, errno};
+pub(super) use super::handles::lock;
+use super::handles::{HandleTable, OnNode};
 
 /// Default bound of the node table.
 pub const MAX_INODES: usize = 1 << 16;
@@ -118,10 +120,10 @@ struct OpenFile {
     dir: Mutex<()>,
 }
 
-#[derive(Debug, Default)]
-struct Handles {
-    map: HashMap<Handle, Arc<OpenFile>>,
-    next: Handle,
+impl OnNode for OpenFile {
+    fn inode(&self) -> Inode {
+        self.inode
+    }
 }
 
 /// The passthrough backend.
@@ -132,11 +134,7 @@ pub struct Passthrough {
     proc_fd: OwnedFd,
     cfg: Config,
     nodes: Mutex<Nodes>,
-    handles: Mutex<Handles>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    handles: Mutex<HandleTable<OpenFile>>,
 }
 
 fn key(st: &libc::stat64) -> (u64, u64) {
@@ -227,10 +225,7 @@ impl Passthrough {
                 next: ROOT_ID + 1,
                 ..Nodes::default()
             }),
-            handles: Mutex::new(Handles {
-                next: 1,
-                ..Handles::default()
-            }),
+            handles: Mutex::new(HandleTable::new(cfg.max_handles)),
         })
     }
 
@@ -241,7 +236,7 @@ impl Passthrough {
 
     /// Open handles (for tests).
     pub fn handle_count(&self) -> usize {
-        lock(&self.handles).map.len()
+        lock(&self.handles).len()
     }
 
     fn check_writable(&self) -> FsResult<()> {
@@ -266,32 +261,19 @@ impl Passthrough {
 
     /// The handle `fh`, which must belong to `inode`.
     fn handle(&self, inode: Inode, fh: Handle) -> FsResult<Arc<OpenFile>> {
-        match lock(&self.handles).map.get(&fh) {
-            Some(h) if h.inode == inode => Ok(Arc::clone(h)),
-            _ => Err(errno::EBADF),
-        }
+        lock(&self.handles).get(inode, fh)
     }
 
     fn add_handle(&self, inode: Inode, file: File) -> FsResult<Handle> {
-        let mut h = lock(&self.handles);
-        if h.map.len() >= self.cfg.max_handles {
-            return Err(errno::EMFILE);
-        }
-        let fh = h.next;
-        h.next += 1;
-        h.map.insert(
-            fh,
-            Arc::new(OpenFile {
-                inode,
-                file,
-                dir: Mutex::new(()),
-            }),
-        );
-        Ok(fh)
+        lock(&self.handles).insert(OpenFile {
+            inode,
+            file,
+            dir: Mutex::new(()),
+        })
     }
 
     fn handles_full(&self) -> bool {
-        lock(&self.handles).map.len() >= self.cfg.max_handles
+        lock(&self.handles).is_full()
     }
 
     /// "/proc/self/fd/N" names for `fd` relative to `proc_fd`.

@@ -74,7 +74,7 @@ impl Filesystem for Passthrough {
         let mut nodes = lock(&self.nodes);
         nodes.map.clear();
         nodes.by_key.clear();
-        lock(&self.handles).map.clear();
+        lock(&self.handles).clear();
     }
 
     fn lookup(&self, _ctx: Context, parent: Inode, name: &[u8]) -> FsResult<Entry> {
@@ -353,14 +353,7 @@ impl Filesystem for Passthrough {
     }
 
     fn release(&self, _ctx: Context, inode: Inode, fh: Handle) -> FsResult<()> {
-        let mut handles = lock(&self.handles);
-        match handles.map.get(&fh) {
-            Some(h) if h.inode == inode => {
-                handles.map.remove(&fh);
-                Ok(())
-            }
-            _ => Err(errno::EBADF),
-        }
+        lock(&self.handles).remove(inode, fh)
     }
 
     fn statfs(&self, _ctx: Context, inode: Inode) -> FsResult<StatFs> {

@@ -59,11 +59,13 @@ mod ops;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::abi::ROOT_ID;
 use super::filesystem::{Errno, FsResult, Handle, Inode, StatFs, errno};
+pub(super) use super::handles::lock;
+use super::handles::{HandleTable, OnNode};
 pub use host::Kind;
 
 /// Default bound of the node table (as the Linux backend).
@@ -240,10 +242,10 @@ struct OpenFile {
     listing: Mutex<Option<Arc<Vec<super::filesystem::DirEntry>>>>,
 }
 
-#[derive(Debug, Default)]
-struct Handles {
-    map: HashMap<Handle, Arc<OpenFile>>,
-    next: Handle,
+impl OnNode for OpenFile {
+    fn inode(&self) -> Inode {
+        self.inode
+    }
 }
 
 /// The portable backend.
@@ -252,11 +254,7 @@ pub struct Portable {
     root: PathBuf,
     cfg: Config,
     state: Mutex<State>,
-    handles: Mutex<Handles>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    handles: Mutex<HandleTable<OpenFile>>,
 }
 
 /// Fixed STATFS answer: free space is not reported by std.
@@ -294,10 +292,7 @@ impl Portable {
                 next: ROOT_ID + 1,
                 ..State::default()
             }),
-            handles: Mutex::new(Handles {
-                next: 1,
-                ..Handles::default()
-            }),
+            handles: Mutex::new(HandleTable::new(cfg.max_handles)),
         })
     }
 
@@ -308,7 +303,7 @@ impl Portable {
 
     /// Open handles (for tests).
     pub fn handle_count(&self) -> usize {
-        lock(&self.handles).map.len()
+        lock(&self.handles).len()
     }
 
     fn check_writable(&self) -> FsResult<()> {
@@ -421,14 +416,11 @@ impl Portable {
 
     /// The handle `fh`, which must belong to `inode`.
     fn handle(&self, inode: Inode, fh: Handle) -> FsResult<Arc<OpenFile>> {
-        match lock(&self.handles).map.get(&fh) {
-            Some(h) if h.inode == inode => Ok(Arc::clone(h)),
-            _ => Err(errno::EBADF),
-        }
+        lock(&self.handles).get(inode, fh)
     }
 
     fn handles_full(&self) -> bool {
-        lock(&self.handles).map.len() >= self.cfg.max_handles
+        lock(&self.handles).is_full()
     }
 
     fn add_handle(
@@ -437,22 +429,12 @@ impl Portable {
         file: Option<std::fs::File>,
         writable: bool,
     ) -> FsResult<Handle> {
-        let mut h = lock(&self.handles);
-        if h.map.len() >= self.cfg.max_handles {
-            return Err(errno::EMFILE);
-        }
-        let fh = h.next;
-        h.next += 1;
-        h.map.insert(
-            fh,
-            Arc::new(OpenFile {
-                inode,
-                file,
-                writable,
-                listing: Mutex::new(None),
-            }),
-        );
-        Ok(fh)
+        lock(&self.handles).insert(OpenFile {
+            inode,
+            file,
+            writable,
+            listing: Mutex::new(None),
+        })
     }
 }
 

@@ -18,7 +18,7 @@ impl Filesystem for Portable {
         st.nodes.clear();
         st.by_path.clear();
         st.meta.clear();
-        lock(&self.handles).map.clear();
+        lock(&self.handles).clear();
     }
 
     fn lookup(&self, _ctx: Context, parent: Inode, name: &[u8]) -> FsResult<Entry> {
@@ -349,14 +349,7 @@ impl Filesystem for Portable {
     }
 
     fn release(&self, _ctx: Context, inode: Inode, fh: Handle) -> FsResult<()> {
-        let mut handles = lock(&self.handles);
-        match handles.map.get(&fh) {
-            Some(h) if h.inode == inode => {
-                handles.map.remove(&fh);
-                Ok(())
-            }
-            _ => Err(errno::EBADF),
-        }
+        lock(&self.handles).remove(inode, fh)
     }
 
     fn statfs(&self, _ctx: Context, inode: Inode) -> FsResult<StatFs> {
