@@ -35,7 +35,10 @@ pub struct BenchArgs {
     krypton: Option<PathBuf>,
     /// The QEMU binary.
     #[arg(long, default_value = "qemu-system-x86_64")]
-    qemu: String,
+    pub qemu: String,
+    /// Run only the network benchmark (TCP through passt against QEMU).
+    #[arg(long)]
+    pub net_only: bool,
 }
 
 fn workspace_root() -> PathBuf {

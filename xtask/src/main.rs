@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_agent;
+mod bench_net;
 mod bench_snapshot;
 mod cache;
 mod cpio;
@@ -42,8 +43,11 @@ enum Task {
 /// run: the VMM against QEMU microvm, virtio-blk against raw pread,
 /// vsock against raw Unix sockets, the agent's exec round trip against
 /// a local fork+exec, a container start from the template snapshot against
-/// a cold boot.
+/// a cold boot, TCP through passt against QEMU with passt.
 fn bench_all(args: &bench::BenchArgs) -> Result<()> {
+    if args.net_only {
+        return bench_net::run(&bench::krypton_binary(args)?, &args.qemu);
+    }
     bench::run(args)?;
     for example in ["blk_bench", "vsock_bench"] {
         eprintln!("\n== {example} ==");
@@ -67,7 +71,9 @@ fn bench_all(args: &bench::BenchArgs) -> Result<()> {
     let krypton = bench::krypton_binary(args)?;
     // The VM size `krypton run` picks: 256 MiB on kvm_pvm hosts, else 512.
     let mem = if setup::host_is_pvm() { 256.0 } else { 512.0 };
-    bench_snapshot::run(&krypton, mem)
+    bench_snapshot::run(&krypton, mem)?;
+    eprintln!("\n== TCP throughput through passt ==");
+    bench_net::run(&krypton, &args.qemu)
 }
 
 fn main() -> Result<()> {
