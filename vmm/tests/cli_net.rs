@@ -193,3 +193,36 @@ fn passt_is_started_and_stopped_and_taken_ports_are_refused() {
         .count();
     assert_eq!(leftovers, 0, "passt socket directories removed");
 }
+
+/// `krypton run` without `--net`: where passt is not on PATH, one notice
+/// line says the container has no network (before anything else fails,
+/// here the missing kernel); `--net none` says nothing about passt.
+#[cfg(target_os = "linux")]
+#[test]
+fn run_without_passt_says_so_in_one_notice_line() {
+    let empty = std::env::temp_dir().join(format!("krypton-cli-net-path-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).expect("dir");
+    let run = |extra: &[&str]| {
+        Command::new(BIN)
+            .env("PATH", &empty)
+            .args(["run", "--kernel", "/nonexistent/vmlinux"])
+            .args(extra)
+            .args(["--", "true"])
+            .output()
+            .expect("spawn krypton")
+    };
+    let out = run(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let notices: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("passt is not installed"))
+        .collect();
+    assert_eq!(notices.len(), 1, "{stderr}");
+    assert!(notices[0].starts_with("krypton: notice: "), "{stderr}");
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(stderr.contains("/nonexistent/vmlinux"), "{stderr}");
+    let out = run(&["--net", "none"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("passt"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&empty);
+}

@@ -38,10 +38,13 @@ pub struct BenchArgs {
     pub qemu: String,
     /// Only the layer conversion benchmark (tar → EROFS against mkfs).
     #[arg(long)]
-    pub only_image: bool,
+    pub image_only: bool,
     /// Run only the host-directory part (virtio-fs against virtio-9p).
     #[arg(long)]
     pub fs_only: bool,
+    /// Run only the network benchmark (TCP through passt against QEMU).
+    #[arg(long)]
+    pub net_only: bool,
 }
 
 fn workspace_root() -> PathBuf {

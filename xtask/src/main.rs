@@ -5,6 +5,7 @@ mod bench;
 mod bench_agent;
 mod bench_fs;
 mod bench_image;
+mod bench_net;
 mod bench_snapshot;
 mod cache;
 mod cpio;
@@ -45,13 +46,17 @@ enum Task {
 /// vsock against raw Unix sockets, the agent's exec round trip against
 /// a local fork+exec, layer conversion against mkfs.erofs and mkfs.ext4,
 /// a container start from the template snapshot against a cold boot,
-/// virtio-fs against QEMU's virtio-9p.
+/// virtio-fs against QEMU's virtio-9p, TCP through passt against QEMU
+/// with passt.
 fn bench_all(args: &bench::BenchArgs) -> Result<()> {
-    if args.only_image {
+    if args.image_only {
         return bench_image::run_bench();
     }
     if args.fs_only {
         return bench_fs::run(&bench::krypton_binary(args)?, &args.qemu);
+    }
+    if args.net_only {
+        return bench_net::run(&bench::krypton_binary(args)?, &args.qemu);
     }
     bench::run(args)?;
     for example in ["blk_bench", "vsock_bench"] {
@@ -80,7 +85,9 @@ fn bench_all(args: &bench::BenchArgs) -> Result<()> {
     let mem = if setup::host_is_pvm() { 256.0 } else { 512.0 };
     bench_snapshot::run(&krypton, mem)?;
     eprintln!("\n== host directories: virtio-fs against QEMU's virtio-9p ==");
-    bench_fs::run(&krypton, &args.qemu)
+    bench_fs::run(&krypton, &args.qemu)?;
+    eprintln!("\n== TCP throughput through passt ==");
+    bench_net::run(&krypton, &args.qemu)
 }
 
 fn main() -> Result<()> {

@@ -15,6 +15,7 @@ mod cases;
 mod fs_cases;
 mod image_cases;
 mod net_cases;
+mod net_host;
 mod support;
 
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -67,6 +68,8 @@ const NET_CASES: &[(&str, Case)] = &[
         "net_passt_outbound_and_published_port",
         net_cases::passt_outbound_and_published_port,
     ),
+    ("net_passt_udp_and_dns", net_cases::passt_udp_and_dns),
+    ("net_passt_bulk_transfers", net_cases::passt_bulk_transfers),
     ("net_none_has_only_lo", net_cases::none_has_only_lo),
 ];
 

@@ -48,11 +48,19 @@ pub struct DeviceArgs {
 pub struct NetArgs {
     /// Network: none, passt (Linux: starts passt), stream:unix:PATH or
     /// stream:tcp:HOST:PORT (a QEMU-stream peer: passt, gvproxy -listen-qemu).
-    #[arg(long = "net", value_parser = parse_net, default_value = "none")]
-    pub mode: NetMode,
+    /// Default: none for `boot`; for `run`, passt where it is installed.
+    #[arg(long = "net", value_parser = parse_net)]
+    pub mode: Option<NetMode>,
     /// Publish a port: HOSTPORT:CONTAINERPORT[/tcp|udp] (repeatable; needs --net passt).
     #[arg(short = 'p', long = "publish", value_name = "HOSTPORT:CONTAINERPORT[/tcp|udp]", value_parser = parse_publish)]
     pub publish: Vec<PortMap>,
+}
+
+impl NetArgs {
+    /// The network asked for (`none` when `--net` was not given).
+    pub fn mode(&self) -> NetMode {
+        self.mode.clone().unwrap_or_default()
+    }
 }
 
 /// The guest's vsock CID unless `--cid` says otherwise (0-2 are reserved).
@@ -239,7 +247,7 @@ pub fn add_all(machine: &mut Machine, args: &DeviceArgs) -> Result<Attached, Str
         .add_virtio_device(Box::new(vsock))
         .map_err(|e| one_line(&e))?;
     let mut keep = None;
-    if let Some(setup) = crate::net::connect(&args.net.mode, &args.net.publish)? {
+    if let Some(setup) = crate::net::connect(&args.net.mode(), &args.net.publish)? {
         let net = Net::new(crate::net::guest_mac(), setup.mtu, setup.backend);
         keep = setup.keep;
         machine

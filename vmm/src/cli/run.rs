@@ -288,6 +288,10 @@ fn run_inner(args: RunArgs, template_only: bool) -> Result<u8, String> {
         cmdline.push_str(&crate::pvm::cmdline());
         hide_cpuid.extend(crate::pvm::cpuid_hides());
     }
+    let net_mode = match &args.net.mode {
+        Some(m) => m.clone(),
+        None => crate::net::run_default(!args.net.publish.is_empty()),
+    };
     let kernel = default_asset(args.kernel, default_kernel, "kernel")?;
     let initrd = default_asset(args.initrd, "images/initramfs.cpio", "initramfs")?;
     let rootfs = default_asset(args.rootfs, "images/rootfs.ext4", "rootfs")?;
@@ -324,7 +328,10 @@ fn run_inner(args: RunArgs, template_only: bool) -> Result<u8, String> {
                 read_only: v.read_only,
             })
             .collect(),
-        net: args.net.clone(),
+        net: super::devices::NetArgs {
+            mode: Some(net_mode.clone()),
+            publish: args.net.publish.clone(),
+        },
         layers: Some(layer_files.clone()),
         ..DeviceArgs::default()
     };
@@ -362,7 +369,7 @@ fn run_inner(args: RunArgs, template_only: bool) -> Result<u8, String> {
         .collect();
     let console = ConsoleTail::new(args.console, timeline.clone());
     // Before --append, so the user's krypton.net= (the last one) wins.
-    if let Some(net) = crate::net::guest_cmdline(&args.net.mode) {
+    if let Some(net) = crate::net::guest_cmdline(&net_mode) {
         cmdline.push(' ');
         cmdline.push_str(&net);
     }

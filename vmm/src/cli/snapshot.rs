@@ -59,7 +59,7 @@ pub(super) fn identity_key(spec: &VmSpec<'_>) -> Result<u64, String> {
     }
     // The network device by kind (its MTU follows): the backend's socket is
     // the host's side and is connected again on every start.
-    h.write_u8(match d.net.mode {
+    h.write_u8(match d.net.mode() {
         crate::net::NetMode::None => 0,
         crate::net::NetMode::Passt => 1,
         crate::net::NetMode::StreamUnix(_) | crate::net::NetMode::StreamTcp(_) => 2,

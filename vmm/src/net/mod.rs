@@ -36,6 +36,32 @@ pub fn guest_cmdline(mode: &NetMode) -> Option<String> {
     })
 }
 
+/// `krypton run`'s network when `--net` is not given: passt where it is
+/// installed (or when `-p` asks for published ports, so that a missing
+/// passt is the one-line error), else none, with one notice line.
+pub fn run_default(publishes: bool) -> NetMode {
+    if publishes || passt_installed() {
+        return NetMode::Passt;
+    }
+    eprintln!(
+        "krypton: notice: passt is not installed, so the container has no network (only lo); \
+         apt-get install passt, or pass --net none"
+    );
+    NetMode::None
+}
+
+/// Whether `passt` is an executable file on PATH (never on Windows).
+pub fn passt_installed() -> bool {
+    #[cfg(unix)]
+    {
+        passt::find_on_path(std::env::var_os("PATH").as_deref()).is_some()
+    }
+    #[cfg(not(unix))]
+    {
+        false
+    }
+}
+
 /// What `--net` asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum NetMode {

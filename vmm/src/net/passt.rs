@@ -138,6 +138,17 @@ impl Drop for Passt {
     }
 }
 
+/// The first executable `passt` in the directories of `path` (a PATH value).
+pub fn find_on_path(path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(path?)
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(|d| d.join(PROGRAM))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
 /// passt's forwarding options for `ports`.
 pub fn port_args(ports: &[PortMap]) -> Vec<String> {
     ports

@@ -177,3 +177,33 @@ fn passt_starts_forwards_and_stops() {
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     assert!(!comm.starts_with("passt"), "passt still running: {comm}");
 }
+
+/// `krypton run`'s default follows an executable `passt` on PATH; `-p`
+/// always asks for passt.
+#[cfg(unix)]
+#[test]
+fn passt_is_found_on_path_only_when_executable() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = std::env::temp_dir().join(format!("krypton-net-path-{}", std::process::id()));
+    let (a, b) = (d.join("a"), d.join("b"));
+    std::fs::create_dir_all(&a).expect("dir");
+    std::fs::create_dir_all(&b).expect("dir");
+    let path = std::env::join_paths([&a, &b]).expect("PATH");
+    assert_eq!(passt::find_on_path(Some(&path)), None);
+    assert_eq!(passt::find_on_path(None), None);
+    // A non-executable file and a directory named passt do not count.
+    std::fs::write(a.join("passt"), "#!/bin/sh\n").expect("file");
+    std::fs::create_dir(b.join("passt")).expect("dir");
+    assert_eq!(passt::find_on_path(Some(&path)), None);
+    std::fs::set_permissions(a.join("passt"), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    assert_eq!(passt::find_on_path(Some(&path)), Some(a.join("passt")));
+    let _ = std::fs::remove_dir_all(&d);
+    assert_eq!(run_default(true), NetMode::Passt);
+    let want = if passt_installed() {
+        NetMode::Passt
+    } else {
+        NetMode::None
+    };
+    assert_eq!(run_default(false), want);
+}

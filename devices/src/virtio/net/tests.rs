@@ -423,6 +423,34 @@ fn stream_backend_over_a_socketpair_and_peer_close() {
     }
 }
 
+/// A peer that writes one byte at a time, with an empty frame and a runt
+/// (shorter than an Ethernet header) before a real one: the runts are
+/// dropped, the real frame arrives whole in the first RX buffer, and the
+/// link stays up.
+#[cfg(unix)]
+#[test]
+fn stream_backend_reassembles_dribbled_bytes_and_drops_runts() {
+    use std::os::unix::net::UnixStream;
+    let (ours, mut peer) = UnixStream::pair().expect("pair");
+    let backend = StreamBackend::new(Box::new(ours)).expect("backend");
+    let link = backend.link();
+    let mut h = harness(Box::new(backend));
+    h.post_rx(RX_BUF, 8192);
+    let real = frame(1514, 9);
+    let mut bytes = Vec::new();
+    for f in [&[][..], &[1u8; 10][..], &real[..]] {
+        bytes.extend_from_slice(&encode_prefix(f.len()).expect("len"));
+        bytes.extend_from_slice(f);
+    }
+    for b in &bytes {
+        peer.write_all(std::slice::from_ref(b)).expect("write");
+    }
+    let used = h.rx.wait_used(&h.mem).expect("rx used");
+    assert_eq!(h.received(RX_BUF, used.1), (expected_hdr(), real));
+    assert_eq!(h.rx.used_idx(&h.mem), 1, "only the real frame");
+    assert!(link.load(Ordering::Acquire), "link still up");
+}
+
 #[cfg(unix)]
 #[test]
 fn stream_backend_drops_a_peer_announcing_an_oversized_frame() {

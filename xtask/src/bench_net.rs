@@ -1,0 +1,411 @@
+//! `cargo xtask bench` part: TCP throughput through passt, guest to host
+//! and host to guest, Krypton (`krypton boot --net passt`) against QEMU
+//! microvm (`-netdev stream,addr.type=unix` to a passt we start with the
+//! same options), same run, same guest.
+//!
+//! The guest: the pvm-test (or product) kernel, one vCPU, 256 MiB, and a
+//! read-only ext4 root made here with busybox-static, Debian's iperf3 and
+//! its shared libraries (from `ldd`); its /init configures eth0 as
+//! Krypton's agent would (10.0.2.15/24 via 10.0.2.2), runs `iperf3 -c` to
+//! the host and then `iperf3 -c -R`, and says when it is done. The host
+//! runs two one-shot `iperf3 -s -J` servers on 127.0.0.1, reached through
+//! passt's gateway mapping; the figures are theirs (host clock: the
+//! guest's clock runs slow on kvm_pvm). Each VMM boots once, cold.
+#![allow(clippy::print_stdout)] // the figures are this module's output
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// Seconds of each iperf3 run.
+const SECONDS: u32 = 10;
+/// How long one VM may take, boot included: 600 s, or
+/// KRYPTON_BENCH_NET_DEADLINE seconds (a loaded kvm_pvm host boots slower).
+fn deadline() -> Duration {
+    let s = std::env::var("KRYPTON_BENCH_NET_DEADLINE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600);
+    Duration::from_secs(s)
+}
+const DONE: &str = "BENCH-NET-DONE";
+
+/// Kills and reaps a child on drop.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The guest's /init: `$1`/`$2` are the host ports (kernel command line).
+fn init_script(fwd: u16, rev: u16) -> String {
+    format!(
+        "#!/bin/busybox sh\n\
+         /bin/busybox --install -s /bin\n\
+         mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t tmpfs tmp /tmp\n\
+         ip link set lo up; ip link set eth0 up\n\
+         ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2\n\
+         echo BENCH-NET-UP\n\
+         iperf3 -c 10.0.2.2 -p {fwd} -t {SECONDS} -f m 2>&1 | tail -4\n\
+         sleep 1\n\
+         iperf3 -c 10.0.2.2 -p {rev} -t {SECONDS} -f m -R 2>&1 | tail -4\n\
+         echo {DONE}\n\
+         while true; do sleep 1000; done\n"
+    )
+}
+
+/// Copies `bin` and every library `ldd` lists into `root`, same paths.
+fn copy_with_libs(bin: &Path, root: &Path) -> Result<()> {
+    let out = Command::new("ldd").arg(bin).output().context("ldd")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut files = vec![bin.to_path_buf()];
+    for line in text.lines() {
+        let path = line
+            .split_whitespace()
+            .find(|w| w.starts_with('/'))
+            .map(PathBuf::from);
+        files.extend(path);
+    }
+    for f in files {
+        let dst = root.join(f.strip_prefix("/").unwrap_or(&f));
+        std::fs::create_dir_all(dst.parent().context("no parent")?)?;
+        std::fs::copy(&f, &dst).with_context(|| format!("copying {}", f.display()))?;
+    }
+    Ok(())
+}
+
+/// Builds the guest's root image in `dir`.
+fn guest_image(dir: &Path, fwd: u16, rev: u16) -> Result<PathBuf> {
+    let iperf3 = Path::new("/usr/bin/iperf3");
+    if !iperf3.exists() {
+        crate::cache::apt_install(&["iperf3"])?;
+    }
+    let root = dir.join("root");
+    let _ = std::fs::remove_dir_all(&root);
+    for d in ["bin", "proc", "sys", "tmp", "dev", "etc"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static")?;
+    copy_with_libs(iperf3, &root)?;
+    let init = root.join("init");
+    std::fs::write(&init, init_script(fwd, rev))?;
+    std::fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let img = dir.join("net-guest.ext4");
+    let _ = std::fs::remove_file(&img);
+    let st = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&root)
+        .arg(&img)
+        .arg("48M")
+        .status()
+        .context("mkfs.ext4")?;
+    if !st.success() {
+        bail!("mkfs.ext4 -d failed");
+    }
+    Ok(img)
+}
+
+/// A one-shot `iperf3 -s -J` on 127.0.0.1:`port`.
+fn iperf3_server(port: u16) -> Result<Reaped> {
+    let c = Command::new("iperf3")
+        .args(["-s", "-1", "-J", "-B", "127.0.0.1", "-p", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting iperf3 -s")?;
+    Ok(Reaped(c))
+}
+
+/// `"bits_per_second": N` inside the `"key": { ... }` object of iperf3's
+/// JSON (no JSON crate in xtask; iperf3's layout is fixed).
+fn bits_per_second(json: &str, key: &str) -> Option<f64> {
+    let at = json.rfind(&format!("\"{key}\""))?;
+    let rest = &json[at..];
+    let end = rest.find('}')?;
+    let obj = &rest[..end];
+    let v = obj.split("\"bits_per_second\":").nth(1)?;
+    v.trim()
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Waits for a one-shot server's report.
+fn server_report(mut s: Reaped, key: &str) -> Result<f64> {
+    let mut json = String::new();
+    if let Some(mut out) = s.0.stdout.take() {
+        std::io::Read::read_to_string(&mut out, &mut json)?;
+    }
+    bits_per_second(&json, key)
+        .map(|b| b / 8e6)
+        .with_context(|| format!("no {key} in iperf3's report: {}", json.trim()))
+}
+
+/// Runs `vmm` until the guest prints [`DONE`]; returns the console lines.
+fn run_guest(mut vmm: Command) -> Result<Vec<String>> {
+    let mut child = Reaped(
+        vmm.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the VMM")?,
+    );
+    let out = child.0.stdout.take().context("stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let t = Instant::now();
+    let mut seen = Vec::new();
+    while t.elapsed() < deadline() {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(l) => {
+                let done = l.contains(DONE);
+                seen.push(l);
+                if done {
+                    return Ok(seen);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let tail: Vec<&String> = seen.iter().rev().take(8).collect();
+    bail!(
+        "the guest did not finish within {:?}; last lines: {tail:?}",
+        deadline()
+    )
+}
+
+/// Starts passt as `krypton --net passt` does, on `sock`, for QEMU.
+fn passt_for_qemu(sock: &Path) -> Result<Reaped> {
+    let c = Command::new("passt")
+        .args(["-f", "-1", "-q", "-s"])
+        .arg(sock)
+        .args(["-a", "10.0.2.15", "-n", "24", "-g", "10.0.2.2"])
+        .args(["--dns-forward", "10.0.2.3"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting passt")?;
+    let t = Instant::now();
+    while !sock.exists() {
+        if t.elapsed() > Duration::from_secs(10) {
+            bail!("passt did not create {}", sock.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Reaped(c))
+}
+
+/// The pvm-test kernel's switches and CPUID hides, as both VMMs need them.
+struct GuestKernel {
+    vmlinux: PathBuf,
+    cmdline: String,
+    /// `LEAF:SUBLEAF:REG:BIT` for krypton.
+    hides: Vec<String>,
+    /// QEMU `-cpu host,-flag,...` names of the same bits.
+    qemu_cpu: String,
+}
+
+fn guest_kernel() -> Result<GuestKernel> {
+    let pvm = crate::setup::host_is_pvm();
+    let variant = if pvm { "pvm-test" } else { "product" };
+    let vmlinux = crate::cache::root()?
+        .join("kernel")
+        .join(format!("{variant}-latest"))
+        .join("vmlinux");
+    if !vmlinux.is_file() {
+        bail!("{} missing (cargo xtask kernel)", vmlinux.display());
+    }
+    let root = crate::cache::workspace_root();
+    let words = |f: &str| -> Result<Vec<String>> {
+        let text = std::fs::read_to_string(root.join("guest/kernel").join(f))?;
+        Ok(text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect())
+    };
+    let mut cmdline = String::from(
+        "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd nomodule \
+         tsc=reliable no_timer_check root=/dev/vda ro rootfstype=ext4 init=/init",
+    );
+    let (mut hides, mut qemu_cpu) = (Vec::new(), String::from("host"));
+    if pvm {
+        for w in words("pvm-test.cmdline")? {
+            cmdline.push(' ');
+            cmdline.push_str(&w);
+        }
+        for line in words("pvm-test.cpuid")? {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let [leaf, sub, reg, bit, name] = f.as_slice() else {
+                bail!("pvm-test.cpuid: bad line {line:?}");
+            };
+            hides.push(format!("{leaf}:{sub}:{reg}:{bit}"));
+            let flag = match *name {
+                "CX16" => "cx16",
+                "ARCH_CAPABILITIES" => "arch-capabilities",
+                "KVM_FEATURE_PV_UNHALT" => "kvm-pv-unhalt",
+                "KVM_FEATURE_PV_SEND_IPI" => "kvm-pv-ipi",
+                "KVM_FEATURE_PV_SCHED_YIELD" => "kvm-pv-sched-yield",
+                other => bail!("pvm-test.cpuid: no QEMU name known for {other}"),
+            };
+            qemu_cpu.push_str(",-");
+            qemu_cpu.push_str(flag);
+        }
+    }
+    Ok(GuestKernel {
+        vmlinux,
+        cmdline,
+        hides,
+        qemu_cpu,
+    })
+}
+
+/// One VMM's two figures in MB/s: guest to host, host to guest.
+fn measure(name: &str, vmm: Command, fwd: u16, rev: u16) -> Result<(f64, f64)> {
+    let s_fwd = iperf3_server(fwd)?;
+    let s_rev = iperf3_server(rev)?;
+    let t = Instant::now();
+    let lines = run_guest(vmm).with_context(|| name.to_owned())?;
+    let up = server_report(s_fwd, "sum_received").with_context(|| format!("{name}: {lines:?}"))?;
+    let down = server_report(s_rev, "sum_sent").with_context(|| format!("{name}: {lines:?}"))?;
+    eprintln!(
+        "  {name}: boot and both runs {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
+    Ok((up, down))
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Runs the network benchmark and prints the ratios.
+pub fn run(krypton: &Path, qemu: &str) -> Result<()> {
+    if Command::new("passt").arg("--version").output().is_err() {
+        crate::cache::apt_install(&["passt"])?;
+    }
+    let k = guest_kernel()?;
+    let dir = crate::cache::target_dir().join("bench-net");
+    std::fs::create_dir_all(&dir)?;
+    let (fwd, rev) = (free_port()?, free_port()?);
+    let img = guest_image(&dir, fwd, rev)?;
+
+    let mut kr = Command::new(krypton);
+    kr.arg("boot").arg("--kernel").arg(&k.vmlinux);
+    kr.args(["--mem", "256", "--net", "passt", "--cmdline", &k.cmdline]);
+    kr.arg("--disk").arg(format!("{},ro", img.display()));
+    for h in &k.hides {
+        kr.args(["--hide-cpuid", h]);
+    }
+    // passt drops to `nobody` when started as root: its socket directory
+    // must be writable for it.
+    let sock_dir = dir.join("passt");
+    let _ = std::fs::remove_dir_all(&sock_dir);
+    std::fs::create_dir_all(&sock_dir)?;
+    if std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&sock_dir)?) == 0 {
+        std::os::unix::fs::chown(&sock_dir, Some(65534), Some(65534))?;
+    }
+    let sock = sock_dir.join("passt.sock");
+    let mut qm = Command::new(qemu);
+    qm.args([
+        "-M",
+        "microvm,acpi=off,x-option-roms=off",
+        "-accel",
+        "kvm",
+        "-cpu",
+        &k.qemu_cpu,
+    ]);
+    qm.args(["-m", "256M", "-smp", "1", "-nodefaults", "-no-user-config"]);
+    qm.args(["-nographic", "-serial", "stdio", "-no-reboot", "-kernel"]);
+    qm.arg(&k.vmlinux).args(["-append", &k.cmdline]);
+    qm.arg("-drive").arg(format!(
+        "id=root,file={},format=raw,if=none,readonly=on",
+        img.display()
+    ));
+    qm.args(["-device", "virtio-blk-device,drive=root"]);
+    qm.arg("-netdev").arg(format!(
+        "stream,id=net,server=off,addr.type=unix,addr.path={}",
+        sock.display()
+    ));
+    qm.args(["-device", "virtio-net-device,netdev=net"]);
+
+    println!("== TCP through passt (iperf3, {SECONDS} s each way, host-side figures, MB/s) ==");
+    let krypton_mbs = measure("krypton", kr, fwd, rev)?;
+    let qemu_mbs = {
+        let _passt = passt_for_qemu(&sock)?;
+        measure("qemu", qm, fwd, rev)?
+    };
+    let rows = [
+        ("guest -> host", krypton_mbs.0, qemu_mbs.0),
+        ("host -> guest", krypton_mbs.1, qemu_mbs.1),
+    ];
+    for (what, kv, qv) in rows {
+        let r = if qv > 0.0 { kv / qv } else { 0.0 };
+        let verdict = if r >= 1.0 { "met" } else { "MISSED" };
+        println!(
+            "  {what:14} krypton {kv:8.2}   qemu {qv:8.2}   krypton/qemu = {r:.2}x (goal >= 1.00x: {verdict})"
+        );
+    }
+    println!(
+        "  (kvm_pvm hosts: the guest kernel is emulated instruction by instruction and dominates these figures)"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The end of a one-shot `iperf3 -s -J` report for a `-R` run (3.12).
+    const REPORT: &str = r#"{ "end": {
+        "streams": [{ "sender": { "bits_per_second": 1.5 } }],
+        "sum_sent": {
+            "start": 0, "end": 1.02043, "seconds": 1.02043, "bytes": 349962240,
+            "bits_per_second": 2743645247.5917015, "retransmits": 4, "sender": true
+        },
+        "sum_received": {
+            "start": 0, "end": 1.02043, "seconds": 1.02043, "bytes": 0,
+            "bits_per_second": 0, "sender": true
+        }
+    } }"#;
+
+    #[test]
+    fn iperf3_figures_are_read_from_the_named_sum() {
+        assert_eq!(
+            bits_per_second(REPORT, "sum_sent"),
+            Some(2743645247.5917015)
+        );
+        assert_eq!(bits_per_second(REPORT, "sum_received"), Some(0.0));
+        assert_eq!(bits_per_second(REPORT, "sum"), None);
+        assert_eq!(bits_per_second("{}", "sum_sent"), None);
+    }
+
+    #[test]
+    fn the_guest_init_runs_both_directions_against_the_given_ports() {
+        let s = init_script(5001, 5002);
+        assert!(s.starts_with("#!/bin/busybox sh\n"));
+        assert!(s.contains("-p 5001 -t 10 -f m 2>&1"), "{s}");
+        assert!(s.contains("-p 5002 -t 10 -f m -R"), "{s}");
+        assert!(s.contains(DONE));
+    }
+}
