@@ -44,7 +44,13 @@ pub(super) fn encode(w: &mut Writer, oci: Option<&OciSettings>) -> Result<(), Pr
         None => w.u8(0),
         Some(c) => {
             w.u8(1);
-            for v in [c.bounding, c.effective, c.permitted, c.inheritable, c.ambient] {
+            for v in [
+                c.bounding,
+                c.effective,
+                c.permitted,
+                c.inheritable,
+                c.ambient,
+            ] {
                 w.u64(v);
             }
         }
