@@ -186,9 +186,12 @@ pub fn main() -> ExitCode {
         systemd_cgroup: cli.systemd_cgroup,
     };
     #[cfg(target_os = "linux")]
-    if let Command::OciMonitor(_) | Command::OciExec(_) = &cli.command {
-        // Their stderr is the container's: the VMM's messages go to --log.
-        oci::route_log(&mut logger, &globals);
+    match &cli.command {
+        // Their stderr is the container's: the VMM's messages go to --log,
+        // else to ROOT/ID/monitor.log.
+        Command::OciMonitor(a) => oci::route_log(&mut logger, &globals, Some(&a.id)),
+        Command::OciExec(a) => oci::route_log(&mut logger, &globals, Some(&a.id)),
+        _ => {}
     }
     logger.init();
     match cli.command {

@@ -529,9 +529,12 @@ pub fn monitor(g: &Globals, a: MonitorArgs) -> ExitCode {
 }
 
 /// Sends the VMM's log records to `--log` (JSON lines with
-/// `--log-format json`), or nowhere.
-pub fn route_log(b: &mut env_logger::Builder, g: &Globals) {
-    let file = g.log.as_ref().and_then(|p| {
+/// `--log-format json`), else to `ROOT/ID/monitor.log`.
+pub fn route_log(b: &mut env_logger::Builder, g: &Globals, id: Option<&str>) {
+    let fallback = id
+        .filter(|id| state::check_id(id).is_ok())
+        .map(|id| g.root.dir(id).join("monitor.log"));
+    let file = g.log.as_ref().or(fallback.as_ref()).and_then(|p| {
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
