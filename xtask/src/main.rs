@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_agent;
+mod bench_oci;
 mod bench_snapshot;
 mod cache;
 mod cpio;
@@ -67,7 +68,9 @@ fn bench_all(args: &bench::BenchArgs) -> Result<()> {
     let krypton = bench::krypton_binary(args)?;
     // The VM size `krypton run` picks: 256 MiB on kvm_pvm hosts, else 512.
     let mem = if setup::host_is_pvm() { 256.0 } else { 512.0 };
-    bench_snapshot::run(&krypton, mem)
+    bench_snapshot::run(&krypton, mem)?;
+    eprintln!("\n== podman with krypton as its OCI runtime ==");
+    bench_oci::run(&krypton)
 }
 
 fn main() -> Result<()> {

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail, ensure};
 
-use crate::support::{Env, IMAGE, check, run, text};
+use crate::support::{Env, IMAGE, check, create_to_files, run, text};
 
 /// A bundle at DIR/NAME whose root is the busybox tree, running `args`.
 fn bundle(env: &Env, name: &str, args: &[&str], terminal: bool) -> Result<std::path::PathBuf> {
@@ -113,18 +113,11 @@ pub fn lifecycle(env: &Env) -> Result<()> {
     )?;
     let bs = b.display().to_string();
     let pidf = b.join("pid");
-    let o = env.krypton(
-        &[
-            "create",
-            "--bundle",
-            &bs,
-            "--pid-file",
-            &pidf.display().to_string(),
-            "life",
-        ],
-        1800,
-    )?;
-    check(&o)?;
+    let (out, err) = (b.join("out"), b.join("err"));
+    let pf = pidf.display().to_string();
+    let args = ["create", "--bundle", &bs, "--pid-file", &pf, "life"];
+    let st = create_to_files(env, &args, &out, &err)?;
+    ensure!(st == 0, "create: {}", std::fs::read_to_string(&err)?);
     let pid: u32 = std::fs::read_to_string(&pidf)?.trim().parse()?;
     let st = text(&env.krypton(&["state", "life"], 30)?.stdout);
     ensure!(
@@ -176,6 +169,10 @@ pub fn lifecycle(env: &Env) -> Result<()> {
     ensure!(
         json_field(&st, "status").as_deref() == Some("stopped"),
         "{st}"
+    );
+    ensure!(
+        std::fs::read_to_string(&out)? == "main-out\n",
+        "container stdout"
     );
     check(&env.krypton(&["delete", "life"], 30)?)?;
     ensure!(!env.dir.join("root/life").exists(), "state dir left");

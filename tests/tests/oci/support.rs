@@ -112,6 +112,30 @@ impl Env {
     }
 }
 
+/// `krypton create ...` whose container stdio (inherited by the monitor,
+/// which outlives the command) goes to `out` and `err`; its status.
+pub fn create_to_files(env: &Env, args: &[&str], out: &Path, err: &Path) -> Result<i32> {
+    let mut child = Command::new(&env.krypton)
+        .arg("--root")
+        .arg(env.dir.join("root"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(out)?)
+        .stderr(std::fs::File::create(err)?)
+        .spawn()?;
+    let t = std::time::Instant::now();
+    loop {
+        if let Some(st) = child.try_wait()? {
+            return Ok(st.code().unwrap_or(-1));
+        }
+        if t.elapsed() > Duration::from_secs(1800) {
+            let _ = child.kill();
+            bail!("krypton create did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Runs `cmd` (stdin /dev/null) and kills it after `secs`.
 pub fn run(cmd: &mut Command, secs: u64) -> Result<Output> {
     let child = cmd

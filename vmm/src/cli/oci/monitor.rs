@@ -51,8 +51,13 @@ struct Shared {
     state: State,
 }
 
+/// Appends `{"id","agent_ms","exit_ms"}` (since the monitor started) to
+/// this file when set: the VM start share `cargo xtask bench` reports.
+pub const TIMINGS_ENV: &str = "KRYPTON_OCI_TIMINGS";
+
 /// Runs the monitor; the exit code is the container's.
 pub fn run(root: &Root, args: MonitorArgs) -> ExitCode {
+    let t0 = std::time::Instant::now();
     let ready = std::env::var(READY_FD_ENV)
         .ok()
         .and_then(|v| v.parse::<i32>().ok())
@@ -93,7 +98,7 @@ pub fn run(root: &Root, args: MonitorArgs) -> ExitCode {
         }
     };
     let vm = Arc::new(vm);
-    let code = rt.block_on(serve(root, &args, plan, vm.clone(), &mut tell));
+    let code = rt.block_on(serve(root, &args, plan, vm.clone(), &mut tell, t0));
     // Stop the VM before exiting (the agent connections go with it).
     drop(rt);
     if let Ok(mut vm) = Arc::try_unwrap(vm) {
@@ -108,6 +113,7 @@ async fn serve(
     plan: Plan,
     vm: Arc<AgentVm>,
     tell: &mut dyn FnMut(&str),
+    t0: std::time::Instant,
 ) -> u8 {
     let main = match vm.connect().await {
         Ok(s) => s,
@@ -116,6 +122,7 @@ async fn serve(
             return 1;
         }
     };
+    let agent_ms = t0.elapsed().as_secs_f64() * 1e3;
     let sock = root.socket(&args.id);
     let _ = std::fs::remove_file(&sock);
     let listener = match UnixListener::bind(&sock) {
@@ -168,6 +175,20 @@ async fn serve(
     sh.state.exit_code = Some(code);
     if let Err(e) = root.save(&sh.state) {
         log::warn!("{e}");
+    }
+    if let Some(path) = std::env::var_os(TIMINGS_ENV) {
+        let rec = serde_json::json!({
+            "id": args.id,
+            "agent_ms": agent_ms,
+            "exit_ms": t0.elapsed().as_secs_f64() * 1e3,
+        });
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{rec}");
+        }
     }
     u8::try_from(code).unwrap_or(255)
 }
