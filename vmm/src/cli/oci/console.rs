@@ -24,8 +24,11 @@ pub fn openpty() -> io::Result<(OwnedFd, OwnedFd)> {
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: openpty returned two fresh descriptors that we now own.
-    let pair = unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) };
+    // SAFETY: openpty returned a fresh master that we now own.
+    let master = unsafe { OwnedFd::from_raw_fd(m) };
+    // SAFETY: likewise the slave.
+    let slave = unsafe { OwnedFd::from_raw_fd(s) };
+    let pair = (master, slave);
     for fd in [&pair.0, &pair.1] {
         // SAFETY: fcntl on a descriptor we own.
         unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
@@ -34,6 +37,10 @@ pub fn openpty() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Sends `master` over the socket at `path` with SCM_RIGHTS.
+#[expect(
+    clippy::multiple_unsafe_ops_per_block,
+    reason = "filling one control message header"
+)]
 pub fn send_master(path: &Path, master: &OwnedFd) -> io::Result<()> {
     let sock = UnixStream::connect(path)?;
     let name = b"/dev/ptmx";

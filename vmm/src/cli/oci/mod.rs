@@ -216,6 +216,10 @@ fn write_pid_file(path: &Path, pid: u32) -> Result<(), String> {
 /// controlling terminal) and waits for its readiness line: `ok`, or
 /// `err MESSAGE`. Returns its pid; it is not waited for (it outlives us
 /// and is reaped by the engine, a subreaper).
+#[expect(
+    clippy::multiple_unsafe_ops_per_block,
+    reason = "the pre_exec closure is one sequence of async-signal-safe calls"
+)]
 fn spawn_detached(
     args: &[std::ffi::OsString],
     tty: Option<OwnedFd>,
@@ -227,11 +231,11 @@ fn spawn_detached(
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
         return Err(format!("pipe: {}", std::io::Error::last_os_error()));
     }
-    // SAFETY: pipe2 returned two fresh descriptors that we now own.
-    let (r, w) = unsafe {
-        use std::os::fd::FromRawFd;
-        (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
-    };
+    use std::os::fd::FromRawFd;
+    // SAFETY: pipe2 returned a fresh read end that we now own.
+    let r = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+    // SAFETY: likewise the write end.
+    let w = unsafe { OwnedFd::from_raw_fd(fds[1]) };
     let wfd = w.as_raw_fd();
     let mut cmd = Command::new(exe);
     cmd.args(args).env(monitor::READY_FD_ENV, wfd.to_string());

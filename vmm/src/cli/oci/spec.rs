@@ -398,7 +398,7 @@ fn map_mount(m: &Mount, shares: &mut Shares, s: &mut OciSettings) -> Result<(), 
         fstype,
         target: dest,
         data,
-        flags: flags as u64,
+        flags,
     });
     Ok(())
 }
