@@ -86,7 +86,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn import_image(dir: &Path) -> Result<()> {
     let root = dir.join("rootfs");
     let _ = std::fs::remove_dir_all(&root);
-    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp", "run"] {
+    for d in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp", "run",
+    ] {
         std::fs::create_dir_all(root.join(d))?;
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox"))
@@ -148,7 +150,10 @@ pub fn run(krypton: &Path) -> Result<()> {
     let wrapper = dir.join("krypton-runtime");
     let mut script = String::from("#!/bin/sh\nexport KRYPTON_BOOT_TIMEOUT=1500\n");
     if let Some(c) = std::env::var_os("KRYPTON_CACHE") {
-        script.push_str(&format!("export KRYPTON_CACHE='{}'\n", Path::new(&c).display()));
+        script.push_str(&format!(
+            "export KRYPTON_CACHE='{}'\n",
+            Path::new(&c).display()
+        ));
     }
     script.push_str(&format!(
         "export KRYPTON_OCI_TIMINGS='{}'\nexec '{}' \"$@\"\n",

@@ -37,6 +37,12 @@ enum Task {
     Fuzz,
     /// Run the benchmarks and print ratios against their peers.
     Bench(bench::BenchArgs),
+    /// Only the podman part: krypton vs crun (or runc) as podman's runtime.
+    BenchOci {
+        /// The krypton binary (default: a release build).
+        #[arg(long)]
+        krypton: Option<std::path::PathBuf>,
+    },
 }
 
 /// Every benchmark, each against its peer or floor measured in the same
@@ -80,6 +86,10 @@ fn main() -> Result<()> {
         Task::Kernel(args) => kernel::build(&args).map(|_| ()),
         Task::Images => images::build_all().map(|_| ()),
         Task::Bench(args) => bench_all(&args),
+        Task::BenchOci { krypton } => match krypton {
+            Some(k) => bench_oci::run(&k),
+            None => bench_oci::run(&bench::release_krypton()?),
+        },
         Task::Fuzz => fuzz::run_bounded().map(|_| ()),
     }
 }

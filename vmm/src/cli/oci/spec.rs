@@ -87,6 +87,15 @@ pub fn load(bundle: &Path, pad: &Path) -> Result<Plan, SpecError> {
     plan(&spec, bundle, pad)
 }
 
+/// Parses `config.json` text and maps it (the fuzz target's entry).
+pub fn plan_from_json(json: &[u8], bundle: &Path, pad: &Path) -> Result<Plan, SpecError> {
+    let spec: Spec = serde_json::from_slice(json).map_err(|e| SpecError::Load {
+        path: "config.json".into(),
+        reason: e.to_string(),
+    })?;
+    plan(&spec, bundle, pad)
+}
+
 /// Maps a parsed spec (see the module docs for what is not applied).
 pub fn plan(spec: &Spec, bundle: &Path, pad: &Path) -> Result<Plan, SpecError> {
     let unsupported = |s: String| Err(SpecError::Unsupported(s));
