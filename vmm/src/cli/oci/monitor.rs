@@ -331,9 +331,17 @@ async fn kill(ctx: &Ctx, sig: &str) -> Result<(), String> {
         .ok_or_else(|| format!("bad signal {sig:?}"))?;
     let sh = ctx.shared.lock().await;
     match (&sh.control, sh.main.is_some()) {
-        (Some(tx), _) => tx
-            .send(Control::Signal(signo))
-            .map_err(|_| "the container is not running".to_string()),
+        (Some(tx), _) => {
+            tx.send(Control::Signal(signo))
+                .map_err(|_| "the container is not running".to_string())?;
+            if signo == libc::SIGKILL {
+                // Nothing survives SIGKILL and nothing is left to drain:
+                // the container ends now, with the VM, rather than after
+                // the (emulated, maybe slow) guest reports it.
+                let _ = ctx.exit.send(128 + signo);
+            }
+            Ok(())
+        }
         // Created, never started: the container ends, killed by the signal.
         (None, true) => {
             let _ = ctx.exit.send(128 + signo);
