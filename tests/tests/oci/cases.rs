@@ -105,6 +105,15 @@ pub fn bad_input(env: &Env) -> Result<()> {
 /// running → exec → delete refused → kill → stopped with the status →
 /// delete. Also makes the template the podman cases restore.
 pub fn lifecycle(env: &Env) -> Result<()> {
+    let r = lifecycle_steps(env);
+    if r.is_err() {
+        // Leave no VM behind.
+        let _ = env.krypton(&["delete", "--force", "life"], 60);
+    }
+    r
+}
+
+fn lifecycle_steps(env: &Env) -> Result<()> {
     let b = bundle(
         env,
         "life",
