@@ -57,6 +57,11 @@ pub fn krypton_binary(args: &BenchArgs) -> Result<PathBuf> {
     if let Some(p) = &args.krypton {
         return Ok(p.clone());
     }
+    release_krypton()
+}
+
+/// Builds krypton with `cargo build --release` and returns its path.
+pub fn release_krypton() -> Result<PathBuf> {
     let root = workspace_root();
     eprintln!("building krypton (release)...");
     let st = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))

@@ -6,6 +6,7 @@ mod bench_agent;
 mod bench_fs;
 mod bench_image;
 mod bench_net;
+mod bench_oci;
 mod bench_snapshot;
 mod cache;
 mod cpio;
@@ -39,6 +40,12 @@ enum Task {
     Fuzz,
     /// Run the benchmarks and print ratios against their peers.
     Bench(bench::BenchArgs),
+    /// Only the podman part: krypton vs crun (or runc) as podman's runtime.
+    BenchOci {
+        /// The krypton binary (default: a release build).
+        #[arg(long)]
+        krypton: Option<std::path::PathBuf>,
+    },
 }
 
 /// Every benchmark, each against its peer or floor measured in the same
@@ -87,7 +94,9 @@ fn bench_all(args: &bench::BenchArgs) -> Result<()> {
     eprintln!("\n== host directories: virtio-fs against QEMU's virtio-9p ==");
     bench_fs::run(&krypton, &args.qemu)?;
     eprintln!("\n== TCP throughput through passt ==");
-    bench_net::run(&krypton, &args.qemu)
+    bench_net::run(&krypton, &args.qemu)?;
+    eprintln!("\n== podman with krypton as its OCI runtime ==");
+    bench_oci::run(&krypton)
 }
 
 fn main() -> Result<()> {
@@ -97,6 +106,10 @@ fn main() -> Result<()> {
         Task::Kernel(args) => kernel::build(&args).map(|_| ()),
         Task::Images => images::build_all().map(|_| ()),
         Task::Bench(args) => bench_all(&args),
+        Task::BenchOci { krypton } => match krypton {
+            Some(k) => bench_oci::run(&k),
+            None => bench_oci::run(&bench::release_krypton()?),
+        },
         Task::Fuzz => fuzz::run_bounded().map(|_| ()),
     }
 }

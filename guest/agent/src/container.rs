@@ -97,6 +97,7 @@ struct Workload {
     gid: u32,
     groups: Vec<libc::gid_t>,
     tty: bool,
+    privileges: crate::oci::Privileges,
 }
 
 fn prepare(req: &ExecRequest) -> Result<Workload> {
@@ -130,6 +131,15 @@ fn prepare(req: &ExecRequest) -> Result<Workload> {
             .collect::<Result<Vec<_>>>()?
     };
     let cwd = cstr(if req.cwd.is_empty() { "/" } else { &req.cwd })?;
+    let mut groups = id.groups;
+    if let Some(o) = &req.oci {
+        groups.extend(
+            o.additional_gids
+                .iter()
+                .filter(|g| !groups.contains(g))
+                .collect::<Vec<_>>(),
+        );
+    }
     Ok(Workload {
         candidates,
         argv,
@@ -137,8 +147,9 @@ fn prepare(req: &ExecRequest) -> Result<Workload> {
         cwd,
         uid: id.uid,
         gid: id.gid,
-        groups: id.groups,
+        groups,
         tty: req.tty,
+        privileges: crate::oci::Privileges::new(req.oci.as_deref()),
     })
 }
 
@@ -183,7 +194,8 @@ fn setup(req: &ExecRequest, staged_ahead: Option<Option<&str>>) -> Result<()> {
             None
         }
     };
-    if staged.is_some() && (req.image.is_some() || staged != Some(req.rootfs.as_str())) {
+    let own_root = req.image.is_some() || req.oci.is_some();
+    if staged.is_some() && (own_root || staged != Some(req.rootfs.as_str())) {
         crate::rootfs::unstage()?;
     }
     let host = if req.hostname.is_empty() {
@@ -198,7 +210,10 @@ fn setup(req: &ExecRequest, staged_ahead: Option<Option<&str>>) -> Result<()> {
     {
         log::warn!("{e:#}");
     }
-    if let Some(img) = &req.image {
+    if let Some(o) = &req.oci {
+        crate::oci::stage(o)?;
+        crate::rootfs::pivot_staged()?;
+    } else if let Some(img) = &req.image {
         crate::layers::stage_image(img)?;
         crate::rootfs::pivot_staged()?;
     } else if req.rootfs.is_empty() {
@@ -258,7 +273,11 @@ fn run(out: &mut File) -> Result<i32> {
     trace("waiting for the exec");
     let req = read_config()?;
     trace("exec received");
-    setup(&req, staged)?;
+    match req.oci.as_ref().map(|o| o.join) {
+        // `krypton exec`: into a running container, whose root it is.
+        Some(pid) if pid != 0 => crate::oci::join(pid)?,
+        _ => setup(&req, staged)?,
+    }
     trace("root ready");
     let w = prepare(&req)?;
     // Block everything: the workload unblocks, we take signals with
@@ -350,6 +369,9 @@ fn exec_workload(w: &Workload, mut status: File) -> ! {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        if let Err(msg) = w.privileges.before_setuid() {
+            fail(&mut status, 125, msg);
+        }
         if libc::setgroups(w.groups.len(), w.groups.as_ptr()) < 0
             || libc::setgid(w.gid) < 0
             || libc::setuid(w.uid) < 0
@@ -359,6 +381,9 @@ fn exec_workload(w: &Workload, mut status: File) -> ! {
                 125,
                 format!("set user: {}", std::io::Error::last_os_error()),
             );
+        }
+        if let Err(msg) = w.privileges.after_setuid() {
+            fail(&mut status, 125, msg);
         }
         if libc::chdir(w.cwd.as_ptr()) < 0 {
             let e = std::io::Error::last_os_error();

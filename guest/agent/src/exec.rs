@@ -85,6 +85,7 @@ fn spawn_now(
     config: &[u8],
     procs: &[std::path::PathBuf],
     new_netns: bool,
+    join: bool,
 ) -> Result<(crate::spawn::Spawned, Receiver<libc::c_int>, File)> {
     let (cfg_r, mut cfg_w) = pipe()?;
     let (report_r, report_w) = pipe()?;
@@ -95,6 +96,7 @@ fn spawn_now(
         report_w.as_raw_fd(),
         procs,
         new_netns,
+        join,
     )?;
     let exit_rx = guard.register(spawned.pid);
     drop((cfg_r, report_w));
@@ -113,7 +115,10 @@ pub fn start(
     sink: Sink,
     done: impl FnOnce(u32) + Send + 'static,
 ) -> Result<ExecHandle> {
-    let mut ready = if agent.pid1 {
+    // Joining a running container (`krypton exec`) needs a fresh init in
+    // the agent's namespaces, not the waiting one.
+    let join = req.oci.as_ref().is_some_and(|o| o.join != 0);
+    let mut ready = if agent.pid1 && !join {
         crate::zygote::take()
     } else {
         None
@@ -168,10 +173,10 @@ pub fn start(
                 // It died waiting (or cannot join the cgroup): start one now.
                 log::warn!("the waiting container init failed ({e:#}); starting another");
                 let _ = crate::sys::pidfd_signal(z.spawned.pidfd.as_raw_fd(), libc::SIGKILL);
-                spawn_now(stdio, &config, &procs, !agent.pid1)
+                spawn_now(stdio, &config, &procs, !agent.pid1, false)
             }
         },
-        None => spawn_now(stdio, &config, &procs, !agent.pid1),
+        None => spawn_now(stdio, &config, &procs, !agent.pid1 && !join, join),
     };
     let (spawned, exit_rx, report_r) = match started {
         Ok(s) => s,

@@ -13,6 +13,7 @@ mod init;
 mod layers;
 mod loopdev;
 mod net;
+mod oci;
 mod reaper;
 mod restore;
 mod rootfs;
@@ -47,7 +48,7 @@ impl Agent {
         }
         if self.pid1 {
             // In the utility VM: virtio-fs shares can be mounted.
-            c |= caps::SHUTDOWN | caps::RESTORE | caps::MOUNTS;
+            c |= caps::SHUTDOWN | caps::RESTORE | caps::MOUNTS | caps::OCI;
         }
         c
     }

@@ -103,7 +103,7 @@ pub(crate) fn overlay(lower: &[std::path::PathBuf]) -> Result<()> {
         work.display()
     );
     mount("overlay", &root, "overlay", 0, &opts)?;
-    populate(&root)?;
+    populate(&root, true)?;
     if let Err(e) = crate::net::install_resolv_conf(&root) {
         log::warn!("resolv.conf: {e:#}");
     }
@@ -129,8 +129,8 @@ pub fn mount_shares(mounts: &[Mount]) -> Result<()> {
     Ok(())
 }
 
-/// Mounts /proc, /dev, /sys and /tmp inside `root`.
-fn populate(root: &Path) -> Result<()> {
+/// Mounts /proc, /dev, /sys and (with `tmp`) /tmp inside `root`.
+pub(crate) fn populate(root: &Path, tmp: bool) -> Result<()> {
     let nosuid = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     mkdir(&root.join("proc"))?;
     mount("proc", root.join("proc"), "proc", nosuid, "")?;
@@ -144,14 +144,16 @@ fn populate(root: &Path) -> Result<()> {
     ) {
         log::warn!("{e:#}");
     }
-    mkdir(&root.join("tmp"))?;
-    mount(
-        "tmpfs",
-        root.join("tmp"),
-        "tmpfs",
-        libc::MS_NOSUID | libc::MS_NODEV,
-        "mode=1777",
-    )?;
+    if tmp {
+        mkdir(&root.join("tmp"))?;
+        mount(
+            "tmpfs",
+            root.join("tmp"),
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=1777",
+        )?;
+    }
     let dev = root.join("dev");
     mkdir(&dev)?;
     mount(

@@ -135,6 +135,7 @@ fn spawn_one(cgroups: &crate::cgroup::Cgroups) -> Result<Zygote> {
         report_w.as_raw_fd(),
         &[],
         false,
+        false,
     )?;
     let exit_rx = guard.register(spawned.pid);
     drop(report_w);

@@ -1,5 +1,7 @@
 //! Hand-written payload encoding and decoding.
 
+mod oci;
+
 use crate::{
     ExecRequest, ExitStatus, ImageRoot, Layer, Limits, MAX_ARGS, MAX_CHUNK, MAX_ENTROPY, MAX_ENV,
     MAX_FRAME, MAX_LAYERS, MAX_MOUNTS, MAX_STRING, MAX_USER, Message, Mount, ProtocolError, Stream,
@@ -114,6 +116,7 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, ProtocolError> {
             }
             w.str(&e.user)?;
             encode_image(&mut w, e.image.as_ref())?;
+            oci::encode(&mut w, e.oci.as_deref())?;
         }
         Message::Stdin { id, data } => {
             w.u8(T_STDIN);
@@ -426,6 +429,7 @@ pub fn decode(body: &[u8]) -> Result<Message, ProtocolError> {
                 });
             }
             let image = decode_image(&mut r)?;
+            let oci = oci::decode(&mut r)?;
             Message::Exec(Box::new(ExecRequest {
                 id,
                 argv,
@@ -442,6 +446,7 @@ pub fn decode(body: &[u8]) -> Result<Message, ProtocolError> {
                 mounts,
                 user,
                 image,
+                oci,
             }))
         }
         T_STDIN => Message::Stdin {

@@ -23,13 +23,17 @@
 mod async_io;
 mod codec;
 mod io;
+pub mod oci;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_oci;
 
 #[cfg(feature = "tokio")]
 pub use async_io::{read_message_async, write_message_async};
 pub use codec::{decode, encode};
 pub use io::{FrameReader, read_message, write_message};
+pub use oci::OciSettings;
 
 /// Protocol version carried in [`Message::Hello`].
 pub const PROTOCOL_VERSION: u16 = 3;
@@ -75,6 +79,9 @@ pub mod caps {
     pub const LAYERS: u64 = 1 << 7;
     /// User names resolved in the container (`ExecRequest::user`).
     pub const USERS: u64 = 1 << 8;
+    /// OCI bundle settings (`ExecRequest::oci`), joining a running
+    /// container included.
+    pub const OCI: u64 = 1 << 9;
 }
 
 /// Most entropy bytes in one `Restored`.
@@ -184,6 +191,8 @@ pub struct ExecRequest {
     pub user: String,
     /// Root stacked from image layers (replaces `rootfs`).
     pub image: Option<ImageRoot>,
+    /// OCI bundle settings (`krypton create`); replaces `rootfs` and `image`.
+    pub oci: Option<Box<OciSettings>>,
 }
 
 /// A container root made of read-only filesystem images (EROFS) packed

@@ -47,6 +47,7 @@ fn sample_exec() -> ExecRequest {
             ],
             scratch: String::new(),
         }),
+        oci: None,
     }
 }
 
@@ -355,7 +356,8 @@ fn bad_image_roots_rejected() {
         decode(&frame[4..]).expect("decode"),
         Message::Exec(Box::new(ok))
     );
-    let n = frame.len();
+    // The image is last but for the `oci` presence byte.
+    let n = frame.len() - 1;
     let mut bad = frame.clone();
     bad[n - 8] = 1; // size 4096 + 1
     assert!(decode(&bad[4..]).is_err(), "unaligned size");

@@ -6,6 +6,8 @@ mod console;
 mod devices;
 mod image;
 mod image_run;
+#[cfg(target_os = "linux")]
+pub mod oci;
 mod run;
 mod snapshot;
 mod template;
@@ -38,6 +40,18 @@ struct Cli {
     /// default warn (off for selftest).
     #[arg(long, global = true, value_parser = ["error", "warn", "info", "debug", "trace", "off"])]
     log_level: Option<String>,
+    /// OCI runtime: state directory (default /run/krypton).
+    #[arg(long, global = true)]
+    root: Option<std::path::PathBuf>,
+    /// OCI runtime: append errors (and, for monitors, warnings) to this file.
+    #[arg(long, global = true)]
+    log: Option<std::path::PathBuf>,
+    /// OCI runtime: format of --log records.
+    #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
+    /// OCI runtime: accepted; the guest's cgroups are the VM's own (see README).
+    #[arg(long, global = true)]
+    systemd_cgroup: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -63,6 +77,38 @@ enum Command {
     Rmi(image::RmiArgs),
     /// Remove blobs and converted layers no image references.
     Prune,
+    /// OCI runtime: create a container from a bundle (not started).
+    #[cfg(target_os = "linux")]
+    Create(oci::CreateArgs),
+    /// OCI runtime: start a created container's process.
+    #[cfg(target_os = "linux")]
+    Start(oci::IdArgs),
+    /// OCI runtime: print a container's state (JSON).
+    #[cfg(target_os = "linux")]
+    State(oci::IdArgs),
+    /// OCI runtime: signal a container's process.
+    #[cfg(target_os = "linux")]
+    Kill(oci::KillArgs),
+    /// OCI runtime: remove a container's state (and VM).
+    #[cfg(target_os = "linux")]
+    Delete(oci::DeleteArgs),
+    /// OCI runtime: run a process in a running container.
+    #[cfg(target_os = "linux")]
+    Exec(oci::ExecArgs),
+    /// OCI runtime: list a container's host processes.
+    #[cfg(target_os = "linux")]
+    Ps(oci::PsArgs),
+    /// OCI runtime: print the supported features (JSON).
+    #[cfg(target_os = "linux")]
+    Features,
+    /// The per-container monitor `create` starts.
+    #[cfg(target_os = "linux")]
+    #[command(name = "oci-monitor", hide = true)]
+    OciMonitor(oci::MonitorArgs),
+    /// The detached half of `exec --detach`.
+    #[cfg(target_os = "linux")]
+    #[command(name = "oci-exec", hide = true)]
+    OciExec(oci::ExecChildArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -133,16 +179,32 @@ pub fn main() -> ExitCode {
             ));
         }
     };
-    env_logger::Builder::new()
-        // `selftest` reports each case's failure itself, so the VMM's own
-        // error lines for expected failures would only be noise there.
+    let mut logger = env_logger::Builder::new();
+    // `selftest` reports each case's failure itself, so the VMM's own
+    // error lines for expected failures would only be noise there.
+    logger
         .parse_filters(cli.log_level.as_deref().unwrap_or(match cli.command {
             Command::Selftest(_) => "off",
             _ => "warn",
         }))
         .parse_env("KRYPTON_LOG")
-        .format_target(false)
-        .init();
+        .format_target(false);
+    #[cfg(target_os = "linux")]
+    let globals = oci::Globals {
+        root: oci::state::Root(cli.root.clone().unwrap_or_else(|| oci::DEFAULT_ROOT.into())),
+        log: cli.log.clone(),
+        json: cli.log_format == "json",
+        systemd_cgroup: cli.systemd_cgroup,
+    };
+    #[cfg(target_os = "linux")]
+    match &cli.command {
+        // Their stderr is the container's: the VMM's messages go to --log,
+        // else to ROOT/ID/monitor.log.
+        Command::OciMonitor(a) => oci::route_log(&mut logger, &globals, Some(&a.id)),
+        Command::OciExec(a) => oci::route_log(&mut logger, &globals, Some(&a.id)),
+        _ => {}
+    }
+    logger.init();
     match cli.command {
         Command::Boot(args) => boot::run(args),
         Command::Run(args) => run::run(args),
@@ -153,6 +215,26 @@ pub fn main() -> ExitCode {
         Command::Images => image::images(),
         Command::Rmi(args) => image::rmi(args),
         Command::Prune => image::prune(),
+        #[cfg(target_os = "linux")]
+        Command::Create(a) => oci::create(&globals, a),
+        #[cfg(target_os = "linux")]
+        Command::Start(a) => oci::start(&globals, a),
+        #[cfg(target_os = "linux")]
+        Command::State(a) => oci::state(&globals, a),
+        #[cfg(target_os = "linux")]
+        Command::Kill(a) => oci::kill(&globals, a),
+        #[cfg(target_os = "linux")]
+        Command::Delete(a) => oci::delete(&globals, a),
+        #[cfg(target_os = "linux")]
+        Command::Exec(a) => oci::exec::exec(&globals, a),
+        #[cfg(target_os = "linux")]
+        Command::Ps(a) => oci::ps(&globals, a),
+        #[cfg(target_os = "linux")]
+        Command::Features => oci::features(&globals),
+        #[cfg(target_os = "linux")]
+        Command::OciMonitor(a) => oci::monitor(&globals, a),
+        #[cfg(target_os = "linux")]
+        Command::OciExec(a) => oci::exec::exec_child(&globals, a),
     }
 }
 

@@ -192,7 +192,11 @@ pub fn asset_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("krypton"))
 }
 
-fn default_asset(given: Option<PathBuf>, rel: &str, what: &str) -> Result<PathBuf, String> {
+pub(super) fn default_asset(
+    given: Option<PathBuf>,
+    rel: &str,
+    what: &str,
+) -> Result<PathBuf, String> {
     if let Some(p) = given {
         return Ok(p);
     }
@@ -218,13 +222,13 @@ pub fn run(args: RunArgs) -> ExitCode {
 }
 
 /// What this host needs: the kvm_pvm workarounds, or nothing.
-struct HostProfile {
-    pvm: bool,
-    boot_timeout: Duration,
+pub(super) struct HostProfile {
+    pub pvm: bool,
+    pub boot_timeout: Duration,
 }
 
 impl HostProfile {
-    fn detect(args: &RunArgs) -> Result<Self, String> {
+    pub(super) fn detect(boot_timeout: Option<f64>) -> Result<Self, String> {
         let pvm = crate::pvm::host_is_pvm();
         let from_env = || {
             std::env::var("KRYPTON_BOOT_TIMEOUT")
@@ -236,7 +240,7 @@ impl HostProfile {
                 })
                 .transpose()
         };
-        let boot_timeout = match args.boot_timeout.map_or_else(from_env, |s| Ok(Some(s)))? {
+        let boot_timeout = match boot_timeout.map_or_else(from_env, |s| Ok(Some(s)))? {
             Some(s) if s.is_finite() && s > 0.0 && s < 1e7 => Duration::from_secs_f64(s),
             Some(s) => {
                 return Err(format!(
@@ -262,7 +266,7 @@ pub(super) fn make_template(args: RunArgs) -> Result<(), String> {
 fn run_inner(args: RunArgs, template_only: bool) -> Result<u8, String> {
     let timeline = Timeline::default();
     let timeout = parse_timeout(args.timeout)?;
-    let host = HostProfile::detect(&args)?;
+    let host = HostProfile::detect(args.boot_timeout)?;
     let default_kernel = if host.pvm {
         "kernel/pvm-test-latest/vmlinux"
     } else {
@@ -433,6 +437,8 @@ fn run_inner(args: RunArgs, template_only: bool) -> Result<u8, String> {
         timeout,
         timeline: Some(timeline.clone()),
         restored,
+        oci: None,
+        started: None,
     };
 
     let exit = vm.machine.exit_signal();

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 pub use krypton_protocol::Limits;
 pub use session::{Control, RunIo, Stdin, run_with_io};
-pub use stdio::run_command;
+pub use stdio::{run_command, run_command_ctl};
 pub use timeline::Timeline;
 
 /// Exit code for agent, transport or setup failures (docker's 125).
@@ -66,6 +66,10 @@ pub struct RunOptions {
     /// The VM was restored from a shared snapshot: before the exec, the
     /// agent gets fresh entropy and the time (`Message::Restored`).
     pub restored: bool,
+    /// OCI bundle settings (`krypton create`, `krypton exec`).
+    pub oci: Option<Box<krypton_protocol::OciSettings>>,
+    /// Receives the agent-side pid when the command has started.
+    pub started: Option<std::sync::mpsc::Sender<u32>>,
 }
 
 /// Why a run failed before the command's exit status was known.

@@ -114,6 +114,7 @@ fn exec_request(opts: &RunOptions, size: Option<(u16, u16)>) -> ExecRequest {
         mounts: opts.mounts.clone(),
         user: opts.user.clone(),
         image: opts.image.clone(),
+        oci: opts.oci.clone(),
     }
 }
 
@@ -149,6 +150,11 @@ where
             if opts.image.is_some() && caps & krypton_protocol::caps::LAYERS == 0 {
                 return Err(RunError::Handshake(
                     "the guest agent cannot stack image layers".into(),
+                ));
+            }
+            if opts.oci.is_some() && caps & krypton_protocol::caps::OCI == 0 {
+                return Err(RunError::Handshake(
+                    "the guest agent cannot run OCI bundles".into(),
                 ));
             }
             if !opts.user.is_empty() && caps & krypton_protocol::caps::USERS == 0 {
@@ -205,6 +211,7 @@ where
         io.stderr,
         opts.timeline.as_ref(),
         started,
+        opts.started.as_ref(),
     );
     tokio::pin!(writer, stdin_pump, control, reader);
     let (mut writer_done, mut stdin_done, mut control_done) = (false, false, false);
@@ -297,6 +304,7 @@ async fn read_events<R, O, E>(
     stderr: &mut E,
     timeline: Option<&Timeline>,
     started_tx: tokio::sync::oneshot::Sender<()>,
+    pid_tx: Option<&std::sync::mpsc::Sender<u32>>,
 ) -> Result<i32, RunError>
 where
     R: AsyncRead + Unpin,
@@ -320,6 +328,9 @@ where
         match msg {
             Message::Started { id: EXEC_ID, pid } => {
                 log::debug!("command started (agent pid {pid})");
+                if let Some(tx) = pid_tx {
+                    let _ = tx.send(pid);
+                }
                 if let Some(t) = timeline {
                     t.mark("exec started");
                 }

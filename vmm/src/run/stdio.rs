@@ -15,12 +15,27 @@ pub async fn run_command<S>(stream: S, opts: &RunOptions) -> Result<i32, RunErro
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    run_command_ctl(stream, opts, mpsc::unbounded_channel()).await
+}
+
+/// [`run_command`] with a control channel whose sender the caller may
+/// also use (the OCI monitor forwards `kill` through it).
+pub async fn run_command_ctl<S>(
+    stream: S,
+    opts: &RunOptions,
+    (ctl_tx, ctl_rx): (
+        mpsc::UnboundedSender<Control>,
+        mpsc::UnboundedReceiver<Control>,
+    ),
+) -> Result<i32, RunError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let stdin = if opts.interactive {
         spawn_stdin_reader()
     } else {
         Stdin::Null
     };
-    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
     let size = if opts.tty { term::size() } else { None };
     let _raw = if opts.tty {
         term::RawMode::enable()
