@@ -208,20 +208,38 @@ fn pull_by_tag_and_digest_gzip_zstd_then_images_rmi_prune() {
     let res = st.resolve(&rz).unwrap();
     assert_eq!(res.layers.len(), 3);
     assert_eq!(res.config.cmd, Some(vec!["/bin/sh".to_string()]));
-    let mtimes: Vec<_> = res.layers.iter().map(|l| std::fs::metadata(l).unwrap().modified().unwrap()).collect();
+    let mtimes: Vec<_> = res
+        .layers
+        .iter()
+        .map(|l| std::fs::metadata(l).unwrap().modified().unwrap())
+        .collect();
     for l in &res.layers {
         let img = std::fs::read(l).unwrap();
-        assert_eq!(img[1024..1028], 0xE0F5_E1E2u32.to_le_bytes(), "{} is not EROFS", l.display());
+        assert_eq!(
+            img[1024..1028],
+            0xE0F5_E1E2u32.to_le_bytes(),
+            "{} is not EROFS",
+            l.display()
+        );
         if have("fsck.erofs") {
             let st = Command::new("fsck.erofs").arg(l).output().unwrap();
-            assert!(st.status.success(), "fsck.erofs {}: {}", l.display(), String::from_utf8_lossy(&st.stdout));
+            assert!(
+                st.status.success(),
+                "fsck.erofs {}: {}",
+                l.display(),
+                String::from_utf8_lossy(&st.stdout)
+            );
         }
     }
     assert_eq!(st.unconverted_layers(&rz).unwrap(), 0);
     assert_eq!(st.unconverted_layers(&r).unwrap(), 3);
     let again = st.resolve(&rz).unwrap();
     assert_eq!(again.layers, res.layers);
-    let mtimes2: Vec<_> = again.layers.iter().map(|l| std::fs::metadata(l).unwrap().modified().unwrap()).collect();
+    let mtimes2: Vec<_> = again
+        .layers
+        .iter()
+        .map(|l| std::fs::metadata(l).unwrap().modified().unwrap())
+        .collect();
     assert_eq!(mtimes, mtimes2);
 
     ok(krypton(&home, &["rmi", &rz], &[]));
@@ -231,7 +249,10 @@ fn pull_by_tag_and_digest_gzip_zstd_then_images_rmi_prune() {
             .contains("busybox-zstd")
     );
     let p = ok(krypton(&home, &["prune"], &[])).stdout;
-    assert!(p.starts_with("Removed 4 blobs and 3 converted layers"), "{p}");
+    assert!(
+        p.starts_with("Removed 4 blobs and 3 converted layers"),
+        "{p}"
+    );
     assert_eq!(blobs_verified(&home), 5);
     // rmi by digest removes every name of the image.
     let o = ok(krypton(&home, &["rmi", &d], &[]));
