@@ -30,6 +30,13 @@ const PACKAGES: &[&str] = &[
     "mingw-w64",
     "wine",
     "wine64",
+    // Real clients and servers the tests drive: the layer converter's
+    // output checked by fsck.erofs, a local registry pushed to by skopeo,
+    // podman with krypton as its OCI runtime.
+    "erofs-utils",
+    "docker-registry",
+    "skopeo",
+    "podman",
 ];
 
 /// Whether `prog` is on PATH.
