@@ -36,7 +36,8 @@ pub struct BenchArgs {
     /// The QEMU binary.
     #[arg(long, default_value = "qemu-system-x86_64")]
     pub qemu: String,
-    /// Only the layer conversion benchmark (tar → EROFS against mkfs).
+    /// Only the image benchmarks (tar → EROFS against mkfs, pull against
+    /// skopeo).
     #[arg(long)]
     pub image_only: bool,
     /// Run only the host-directory part (virtio-fs against virtio-9p).

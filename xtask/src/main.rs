@@ -7,6 +7,7 @@ mod bench_fs;
 mod bench_image;
 mod bench_net;
 mod bench_oci;
+mod bench_pull;
 mod bench_snapshot;
 mod cache;
 mod cpio;
@@ -52,12 +53,14 @@ enum Task {
 /// run: the VMM against QEMU microvm, virtio-blk against raw pread,
 /// vsock against raw Unix sockets, the agent's exec round trip against
 /// a local fork+exec, layer conversion against mkfs.erofs and mkfs.ext4,
+/// `krypton pull` against `skopeo copy`,
 /// a container start from the template snapshot against a cold boot,
 /// virtio-fs against QEMU's virtio-9p, TCP through passt against QEMU
 /// with passt.
 fn bench_all(args: &bench::BenchArgs) -> Result<()> {
     if args.image_only {
-        return bench_image::run_bench();
+        bench_image::run_bench()?;
+        return bench_pull::run(&bench::krypton_binary(args)?);
     }
     if args.fs_only {
         return bench_fs::run(&bench::krypton_binary(args)?, &args.qemu);
@@ -84,6 +87,8 @@ fn bench_all(args: &bench::BenchArgs) -> Result<()> {
     }
     eprintln!("\n== layer conversion: tar → EROFS against mkfs.erofs and mkfs.ext4 -d ==");
     bench_image::run_bench()?;
+    eprintln!("\n== krypton pull against skopeo copy ==");
+    bench_pull::run(&bench::krypton_binary(args)?)?;
     eprintln!("\n== agent exec round trip ==");
     bench_agent::run()?;
     eprintln!("\n== container start from the template snapshot ==");

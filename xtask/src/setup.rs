@@ -35,6 +35,7 @@ const PACKAGES: &[&str] = &[
     // podman with krypton as its OCI runtime.
     "erofs-utils",
     "docker-registry",
+    "apache2-utils",
     "skopeo",
     "podman",
 ];
