@@ -118,6 +118,26 @@ pub fn initramfs() -> Result<PathBuf> {
         .with_context(|| format!("cargo xtask images printed {text:?}, no initramfs"))
 }
 
+/// The Debian minbase root tar built by `cargo xtask debian` (cached;
+/// debootstrap from the Debian mirror the first time).
+pub fn debian_minbase_tar() -> Result<PathBuf> {
+    let out = Command::new(cargo())
+        .current_dir(workspace_root())
+        .args(["xtask", "debian"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo xtask debian")?;
+    if !out.status.success() {
+        bail!("cargo xtask debian failed: {}", out.status);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("tar="))
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .with_context(|| format!("cargo xtask debian printed {text:?}, no tar"))
+}
+
 /// The switches of `guest/kernel/pvm-test.cmdline`, joined by spaces.
 pub fn pvm_test_cmdline() -> Result<String> {
     let path = workspace_root().join("guest/kernel/pvm-test.cmdline");

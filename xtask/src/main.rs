@@ -11,6 +11,7 @@ mod bench_pull;
 mod bench_snapshot;
 mod cache;
 mod cpio;
+mod debian;
 mod fuzz;
 mod images;
 mod kernel;
@@ -37,6 +38,8 @@ enum Task {
     Kernel(kernel::KernelArgs),
     /// Build the initramfs (agent as /init) and the default rootfs image.
     Images,
+    /// Build (or find, cached) the Debian minbase test image tar.
+    Debian,
     /// Run every fuzz target for a bounded time (what CI does).
     Fuzz,
     /// Run the benchmarks and print ratios against their peers.
@@ -110,6 +113,7 @@ fn main() -> Result<()> {
         Task::Test => test::run_all(),
         Task::Kernel(args) => kernel::build(&args).map(|_| ()),
         Task::Images => images::build_all().map(|_| ()),
+        Task::Debian => debian::run(),
         Task::Bench(args) => bench_all(&args),
         Task::BenchOci { krypton } => match krypton {
             Some(k) => bench_oci::run(&k),

@@ -208,12 +208,13 @@ fn steps() -> Vec<Step> {
             }),
         },
         Step {
-            name: "guest kernel (pvm-test variant) and images",
+            name: "guest kernel (pvm-test variant), images, Debian minbase",
             run: Box::new(|| {
                 crate::kernel::build(&crate::kernel::KernelArgs {
                     variant: crate::kernel::Variant::PvmTest,
                 })?;
                 crate::images::build_all()?;
+                crate::debian::minbase()?;
                 Ok(Verdict::Passed)
             }),
         },

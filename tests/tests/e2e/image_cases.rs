@@ -37,6 +37,8 @@ fn mknod(path: &Path, mode: libc::mode_t, dev: libc::dev_t) -> Result<()> {
         path.display(),
         std::io::Error::last_os_error()
     );
+    // mknod applies the umask; the mode under test is the one asked for.
+    fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))?;
     Ok(())
 }
 
@@ -285,6 +287,89 @@ pub fn crafted_image_runs_with_its_config() -> Result<()> {
     ensure!(
         missing.is_empty() && extra.is_empty(),
         "tree differs: missing {missing:?}, extra {extra:?}"
+    );
+    Ok(())
+}
+
+/// A one-layer OCI image layout (uncompressed layer) of `tar`, tagged
+/// `name`, with a Debian-like config.
+fn single_layer_layout(work: &Path, dir: &Path, tar: &Path, name: &str) -> Result<()> {
+    let diff_id = sha256(tar)?;
+    let l = blob(dir, tar)?;
+    let cfg_file = work.join("config.json");
+    fs::write(
+        &cfg_file,
+        format!(
+            "{{\"architecture\":\"amd64\",\"os\":\"linux\",\"config\":{{\"Env\":\
+             [\"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\"],\"Cmd\":[\"bash\"]}},\
+             \"rootfs\":{{\"type\":\"layers\",\"diff_ids\":[\"sha256:{diff_id}\"]}}}}"
+        ),
+    )?;
+    let c = blob(dir, &cfg_file)?;
+    let m_file = work.join("manifest.json");
+    fs::write(
+        &m_file,
+        format!(
+            "{{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\
+             \"config\":{{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"{}\",\"size\":{}}},\
+             \"layers\":[{{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"{}\",\"size\":{}}}]}}",
+            c.digest, c.size, l.digest, l.size
+        ),
+    )?;
+    let m = blob(dir, &m_file)?;
+    fs::write(
+        dir.join("index.json"),
+        format!(
+            "{{\"schemaVersion\":2,\"manifests\":[{{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\
+             \"digest\":\"{}\",\"size\":{},\"annotations\":{{\"org.opencontainers.image.ref.name\":\"{name}\"}}}}]}}",
+            m.digest, m.size
+        ),
+    )?;
+    fs::write(dir.join("oci-layout"), "{\"imageLayoutVersion\":\"1.0.0\"}")?;
+    Ok(())
+}
+
+/// A real distribution: Debian 12 minbase (debootstrap, cached by xtask)
+/// loaded as an image and run: apt, dpkg's database and the image's PATH.
+pub fn debian_minbase_runs_apt() -> Result<()> {
+    let tar = crate::support::kernel_helpers::debian_minbase_tar()?;
+    let s = Scratch::new("e2e-debian")?;
+    let home = s.0.join("home");
+    let layout = s.0.join("layout");
+    single_layer_layout(&s.0, &layout, &tar, "debian-minbase:bookworm")?;
+    let home_s = home.to_string_lossy().into_owned();
+    let env = [("KRYPTON_HOME", home_s.as_str())];
+    let layout_s = layout.to_string_lossy().into_owned();
+    let o = run(&["load", "-i", &layout_s], None, &env)?;
+    ensure!(
+        o.status.success(),
+        "krypton load: {:?} {}",
+        o.status,
+        text(&o.stderr)
+    );
+    let script = "apt-get --version | head -n1; cat /etc/debian_version; \
+        dpkg-query -W -f='${Status}\\n' coreutils; id -un; echo $PATH";
+    let o = run(
+        &["run", "debian-minbase:bookworm", "--", "sh", "-c", script],
+        None,
+        &env,
+    )?;
+    let out = text(&o.stdout);
+    ensure!(
+        o.status.code() == Some(0),
+        "{:?}: {}{out}",
+        o.status,
+        text(&o.stderr)
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    ensure!(
+        lines.len() == 5
+            && lines[0].starts_with("apt 2.")
+            && lines[1].starts_with("12.")
+            && lines[2] == "install ok installed"
+            && lines[3] == "root"
+            && lines[4] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "unexpected output:\n{out}"
     );
     Ok(())
 }
