@@ -329,31 +329,80 @@ fn single_layer_layout(work: &Path, dir: &Path, tar: &Path, name: &str) -> Resul
     Ok(())
 }
 
+/// A docker-registry child on 127.0.0.1, killed on drop.
+struct LocalRegistry(std::process::Child);
+
+impl Drop for LocalRegistry {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts Debian's docker-registry on a free port with storage in `dir`.
+fn local_registry(dir: &Path) -> Result<(LocalRegistry, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let cfg = dir.join("registry.yml");
+    fs::write(
+        &cfg,
+        format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  \
+             filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            dir.join("registry").display()
+        ),
+    )?;
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting docker-registry (apt-get install docker-registry)")?;
+    let reg = LocalRegistry(child);
+    let t0 = std::time::Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        ensure!(
+            t0.elapsed().as_secs() < 30,
+            "docker-registry did not listen on {addr}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok((reg, addr))
+}
+
 /// A real distribution: Debian 12 minbase (debootstrap, cached by xtask)
-/// loaded as an image and run: apt, dpkg's database and the image's PATH.
-pub fn debian_minbase_runs_apt() -> Result<()> {
+/// pushed with skopeo to a local docker-registry, `krypton pull`ed and
+/// run: apt, dpkg's database and the image's PATH.
+pub fn debian_minbase_pulled_runs_apt() -> Result<()> {
     let tar = crate::support::kernel_helpers::debian_minbase_tar()?;
     let s = Scratch::new("e2e-debian")?;
     let home = s.0.join("home");
     let layout = s.0.join("layout");
-    single_layer_layout(&s.0, &layout, &tar, "debian-minbase:bookworm")?;
+    single_layer_layout(&s.0, &layout, &tar, "bookworm")?;
+    let (_registry, addr) = local_registry(&s.0)?;
+    let image = format!("{addr}/debian-minbase:bookworm");
+    sh(Command::new("skopeo").args([
+        "copy",
+        "-q",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:bookworm", layout.display()),
+        &format!("docker://{image}"),
+    ]))?;
     let home_s = home.to_string_lossy().into_owned();
     let env = [("KRYPTON_HOME", home_s.as_str())];
-    let layout_s = layout.to_string_lossy().into_owned();
-    let o = run(&["load", "-i", &layout_s], None, &env)?;
+    let o = run(&["pull", "-q", &image], None, &env)?;
     ensure!(
         o.status.success(),
-        "krypton load: {:?} {}",
+        "krypton pull: {:?} {}",
         o.status,
         text(&o.stderr)
     );
     let script = "apt-get --version | head -n1; cat /etc/debian_version; \
         dpkg-query -W -f='${Status}\\n' coreutils; id -un; echo $PATH";
-    let o = run(
-        &["run", "debian-minbase:bookworm", "--", "sh", "-c", script],
-        None,
-        &env,
-    )?;
+    let o = run(&["run", &image, "--", "sh", "-c", script], None, &env)?;
     let out = text(&o.stdout);
     ensure!(
         o.status.code() == Some(0),

@@ -57,8 +57,8 @@ const CASES: &[(&str, Case)] = &[
         image_cases::crafted_image_runs_with_its_config,
     ),
     (
-        "image_debian_minbase_runs_apt",
-        image_cases::debian_minbase_runs_apt,
+        "image_debian_minbase_pulled_runs_apt",
+        image_cases::debian_minbase_pulled_runs_apt,
     ),
     (
         "fs_share_data_metadata_ro_escapes_harness",
