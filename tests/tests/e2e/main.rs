@@ -91,14 +91,20 @@ fn main() {
         eprintln!("e2e: the network cases are IGNORED here: {w}");
     }
     let net = net_why.is_none();
+    let bulk_why = net_cases::bulk_unavailable();
+    if why.is_none()
+        && net
+        && let Some(w) = &bulk_why
+    {
+        eprintln!("e2e: net_passt_bulk_transfers is IGNORED: {w}");
+    }
     let trials = CASES
         .iter()
         .map(|&(name, case)| (name, case, why.is_some()))
-        .chain(
-            NET_CASES
-                .iter()
-                .map(|&(name, case)| (name, case, why.is_some() || !net)),
-        )
+        .chain(NET_CASES.iter().map(|&(name, case)| {
+            let bulk_off = name == "net_passt_bulk_transfers" && bulk_why.is_some();
+            (name, case, why.is_some() || !net || bulk_off)
+        }))
         .map(|(name, case, ignored)| {
             Trial::test(name, move || {
                 case().map_err(|e| Failed::from(format!("{e:#}")))
