@@ -51,6 +51,19 @@ pub(super) fn identity_key(spec: &VmSpec<'_>) -> Result<u64, String> {
     // The layer disk by presence only: its size is fixed and the guest has
     // not read the layers when the template is saved.
     h.write_u8(u8::from(d.layers.is_some()));
+    // The scratch disk by presence and size only: it is made fresh (empty)
+    // for each run at a new path, and its capacity is in the device's
+    // config the guest read at boot.
+    match &d.scratch {
+        Some(p) => {
+            let len = std::fs::metadata(p)
+                .map_err(|e| format!("scratch disk {}: {e}", p.display()))?
+                .len();
+            h.write_u8(1);
+            h.write_u64(len);
+        }
+        None => h.write_u8(0),
+    }
     // Shares by tag and mode only: the guest has not mounted them when the
     // template is saved, so each run may attach other host directories.
     for s in &d.shares {
