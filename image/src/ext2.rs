@@ -142,7 +142,7 @@ impl Geometry {
 /// Groups 0, 1 and powers of 3, 5 and 7 hold superblock copies.
 fn has_super(g: u64) -> bool {
     fn power_of(mut g: u64, b: u64) -> bool {
-        while g > 1 && g % b == 0 {
+        while g > 1 && g.is_multiple_of(b) {
             g /= b;
         }
         g == 1

@@ -22,7 +22,7 @@ fn fsck(img: &Path) -> Option<()> {
     let out = match Command::new("e2fsck").arg("-fn").arg(img).output() {
         Ok(o) => o,
         Err(e) => {
-            println!("SKIPPED e2fsck: {e}");
+            eprintln!("SKIPPED e2fsck: {e}");
             return None;
         }
     };
@@ -48,14 +48,14 @@ fn mount_and_write(img: &Path, dir: &Path) -> bool {
     match out {
         Ok(o) if o.status.success() => {}
         Ok(o) => {
-            println!(
+            eprintln!(
                 "SKIPPED loop mount: {}",
                 String::from_utf8_lossy(&o.stderr).trim()
             );
             return false;
         }
         Err(e) => {
-            println!("SKIPPED loop mount: {e}");
+            eprintln!("SKIPPED loop mount: {e}");
             return false;
         }
     }
