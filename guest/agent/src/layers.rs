@@ -69,6 +69,21 @@ pub fn stage_image(img: &ImageRoot) -> Result<()> {
     if img.scratch.is_empty() {
         return overlay_on(&lower, stage);
     }
+    // Like the layer disk: a template's boot may have cached the first
+    // sectors of that run's scratch disk (same size, another UUID).
+    let dev =
+        File::open(&img.scratch).with_context(|| format!("open scratch disk {}", img.scratch))?;
+    if dev.metadata().is_ok_and(|m| !m.is_file()) {
+        // SAFETY: BLKFLSBUF takes no argument.
+        if unsafe { libc::ioctl(dev.as_raw_fd(), BLKFLSBUF, 0) } < 0 {
+            bail!(
+                "BLKFLSBUF {}: {}",
+                img.scratch,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    drop(dev);
     let scratch = stage.join("scratch");
     mkdir(&scratch)?;
     mount(&img.scratch, &scratch, "ext4", 0, "")
