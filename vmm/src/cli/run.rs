@@ -273,6 +273,14 @@ fn run_inner(args: RunArgs, template_only: bool) -> Result<u8, String> {
     if args.scratch.is_some() && args.image.is_none() && args.layers.is_empty() {
         return Err("--scratch needs an image root: IMAGE or --layer".into());
     }
+    if let Some(size) = args.scratch {
+        use krypton_image::ext2::{MAX_SIZE, MIN_SIZE};
+        if !(MIN_SIZE..=MAX_SIZE).contains(&size) {
+            return Err(format!(
+                "--scratch {size} bytes is out of bounds (16M to 1T)"
+            ));
+        }
+    }
     let timeline = Timeline::default();
     let timeout = parse_timeout(args.timeout)?;
     let host = HostProfile::detect(args.boot_timeout)?;
