@@ -11,6 +11,7 @@
 
 pub mod digest;
 pub mod erofs;
+pub mod ext2;
 pub mod load;
 pub mod manifest;
 pub mod reference;

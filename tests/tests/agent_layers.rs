@@ -196,3 +196,85 @@ async fn layers_stack_with_whiteouts_and_users_resolve_in_the_image() {
     let o = agent.run(&bad, Stdin::Null).await;
     assert_eq!(o.code(), 125, "{:?} {}", o.result, o.err());
 }
+
+/// Output of a host tool, or why it could not run.
+fn tool(cmd: &str, args: &[&str]) -> Result<String, String> {
+    let o = Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{cmd} {args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ))
+    }
+}
+
+#[tokio::test]
+async fn scratch_disk_is_the_upper_layer() {
+    require_agent_host!();
+    if !Path::new("/bin/busybox").exists() {
+        eprintln!("SKIP: /bin/busybox missing (apt-get install busybox-static)");
+        return;
+    }
+    let dir = TempDir::new("scratch");
+    let lower = dir.0.join("lower");
+    lower_tree(&lower);
+    let img = dir.0.join("lower.erofs");
+    if let Err(why) = mkfs_erofs(&lower, &img) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let layers = place(&[fs::metadata(&img).expect("image").len()]);
+    let disk_path = dir.0.join("layers.disk");
+    let disk = fs::File::create(&disk_path).expect("disk");
+    disk.write_all_at(&fs::read(&img).expect("read"), layers[0].offset)
+        .expect("write layer");
+    disk.set_len(layers[0].offset + layers[0].size)
+        .expect("size");
+    drop(disk);
+    let scratch = dir.0.join("scratch.img");
+    krypton_image::ext2::format(&scratch, 64 << 20).expect("format scratch");
+    let scratch_str = scratch.to_string_lossy().into_owned();
+    let dev = match tool("losetup", &["--find", "--show", &scratch_str]) {
+        Ok(d) => d.trim().to_owned(),
+        Err(why) => {
+            eprintln!("SKIP: {why}");
+            return;
+        }
+    };
+    let agent = Agent::start();
+    let run = RunOptions {
+        image: Some(ImageRoot {
+            disk: disk_path.to_string_lossy().into_owned(),
+            layers,
+            scratch: dev.clone(),
+        }),
+        env: vec!["PATH=/bin".into()],
+        ..sh("echo on-scratch > /etc/written && cat /etc/written /data/a")
+    };
+    let o = agent.run(&run, Stdin::Null).await;
+    drop(agent);
+    let detached = tool("losetup", &["-d", &dev]);
+    assert_eq!(o.code(), 0, "{:?} {}", o.result, o.err());
+    assert_eq!(o.out(), "on-scratch\na\n");
+    detached.expect("losetup -d");
+    tool("e2fsck", &["-fn", &scratch_str]).expect("e2fsck after the run");
+    let cat = tool("debugfs", &["-R", "cat /upper/etc/written", &scratch_str]);
+    assert_eq!(cat.expect("debugfs").trim(), "on-scratch");
+    // A scratch path outside /dev is refused with a reason.
+    let agent = Agent::start();
+    let bad = RunOptions {
+        image: Some(ImageRoot {
+            scratch: scratch_str,
+            ..run.image.clone().expect("image")
+        }),
+        ..sh("true")
+    };
+    let o = agent.run(&bad, Stdin::Null).await;
+    assert_eq!(o.code(), 125, "{:?} {}", o.result, o.err());
+}

@@ -95,6 +95,25 @@ fn argument_errors_are_one_line_and_125() {
 }
 
 #[test]
+fn scratch_errors_are_one_line_and_125() {
+    expect_error(&["run", "--scratch", "64M", "--", "true"], "--scratch");
+    expect_error(&["run", "--scratch", "1x", "--", "true"], "1x");
+    expect_error(&["run", "--scratch", "", "--", "true"], "--scratch");
+    expect_error(
+        &["run", "--layer", "x.erofs", "--scratch", "1M", "--", "true"],
+        "out of bounds",
+    );
+    expect_error(
+        &["run", "--layer", "x.erofs", "--scratch", "2T", "--", "true"],
+        "out of bounds",
+    );
+    expect_error(
+        &["snapshot", "create", "--scratch", "64M"],
+        "--scratch needs an image root",
+    );
+}
+
+#[test]
 fn missing_files_are_named() {
     let dir = tmpdir("missing");
     let k = good_kernel(&dir);

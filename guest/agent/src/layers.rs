@@ -1,7 +1,8 @@
 //! Container roots made of image layers: read-only EROFS images packed
 //! into one disk (`ImageRoot::disk`), each attached to a loop device over
 //! its window of the disk, mounted read-only and stacked with overlayfs
-//! under a tmpfs upper layer.
+//! under a tmpfs upper layer, or one on a scratch disk
+//! (`ImageRoot::scratch`, an empty ext2/ext4 filesystem made by the host).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use krypton_protocol::ImageRoot;
 
-use crate::rootfs::{mkdir, overlay, stage_tmpfs};
+use crate::rootfs::{mkdir, overlay_on, stage_tmpfs};
 use crate::sys::mount;
 
 /// BLKFLSBUF: drop the disk's cached pages. The utility VM may have read
@@ -23,9 +24,6 @@ const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 /// Builds the root of `img` in the staging tmpfs (see `rootfs::stage`).
 pub fn stage_image(img: &ImageRoot) -> Result<()> {
     img.check().context("image root")?;
-    if !img.scratch.is_empty() {
-        bail!("a scratch disk for the upper layer is not supported by this agent");
-    }
     let disk = File::open(&img.disk).with_context(|| format!("open layer disk {}", img.disk))?;
     let end = img
         .layers
@@ -68,7 +66,29 @@ pub fn stage_image(img: &ImageRoot) -> Result<()> {
     }
     // overlayfs takes the topmost lower layer first.
     lower.reverse();
-    overlay(&lower)
+    if img.scratch.is_empty() {
+        return overlay_on(&lower, stage);
+    }
+    // Like the layer disk: a template's boot may have cached the first
+    // sectors of that run's scratch disk (same size, another UUID).
+    let dev =
+        File::open(&img.scratch).with_context(|| format!("open scratch disk {}", img.scratch))?;
+    if dev.metadata().is_ok_and(|m| !m.is_file()) {
+        // SAFETY: BLKFLSBUF takes no argument.
+        if unsafe { libc::ioctl(dev.as_raw_fd(), BLKFLSBUF, 0) } < 0 {
+            bail!(
+                "BLKFLSBUF {}: {}",
+                img.scratch,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    drop(dev);
+    let scratch = stage.join("scratch");
+    mkdir(&scratch)?;
+    mount(&img.scratch, &scratch, "ext4", 0, "")
+        .with_context(|| format!("scratch disk {}", img.scratch))?;
+    overlay_on(&lower, &scratch)
 }
 
 fn block_size(disk: &File) -> Result<u64> {

@@ -90,8 +90,14 @@ pub(crate) fn stage_tmpfs() -> Result<&'static Path> {
 /// The overlay of `lower` (topmost first) under a tmpfs upper layer at
 /// `STAGE/root`, with /proc, /dev, /sys, /tmp and resolv.conf in it.
 pub(crate) fn overlay(lower: &[std::path::PathBuf]) -> Result<()> {
+    overlay_on(lower, Path::new(STAGE))
+}
+
+/// [`overlay`] with the upper and work directories under `base` (the
+/// staging tmpfs, or a scratch filesystem mounted in it).
+pub(crate) fn overlay_on(lower: &[std::path::PathBuf], base: &Path) -> Result<()> {
     let stage = Path::new(STAGE);
-    let (upper, work, root) = (stage.join("upper"), stage.join("work"), stage.join("root"));
+    let (upper, work, root) = (base.join("upper"), base.join("work"), stage.join("root"));
     for d in [&upper, &work, &root] {
         mkdir(d)?;
     }

@@ -203,8 +203,8 @@ pub struct ImageRoot {
     pub disk: String,
     /// The layers, bottom first.
     pub layers: Vec<Layer>,
-    /// A block device for the upper layer (formatted by the agent);
-    /// empty: tmpfs.
+    /// A block device holding an empty ext2/ext4 filesystem (formatted by
+    /// the host) for the upper layer, such as `/dev/vdc`; empty: tmpfs.
     pub scratch: String,
 }
 
@@ -218,8 +218,8 @@ pub struct Layer {
 }
 
 impl ImageRoot {
-    /// Checks the counts and that every layer is 4 KiB aligned and
-    /// nonempty.
+    /// Checks the counts, that every layer is 4 KiB aligned and nonempty,
+    /// and that a scratch disk is a `/dev` path other than the layer disk.
     pub fn check(&self) -> Result<(), ProtocolError> {
         let bad = |field: &'static str, value: u64| ProtocolError::OutOfBounds { field, value };
         if self.layers.is_empty() || self.layers.len() > MAX_LAYERS {
@@ -227,6 +227,14 @@ impl ImageRoot {
         }
         if !self.disk.starts_with('/') {
             return Err(bad("layer disk", self.disk.len() as u64));
+        }
+        if !self.scratch.is_empty()
+            && (!self.scratch.starts_with("/dev/")
+                || self.scratch.len() <= "/dev/".len()
+                || self.scratch.split('/').any(|c| c == "..")
+                || self.scratch == self.disk)
+        {
+            return Err(bad("scratch disk", self.scratch.len() as u64));
         }
         for l in &self.layers {
             if l.size == 0

@@ -424,3 +424,28 @@ async fn async_round_trip() {
         Err(ProtocolError::Closed)
     ));
 }
+
+#[test]
+fn image_root_scratch_paths() {
+    let root = |scratch: &str| ImageRoot {
+        disk: "/dev/vdb".into(),
+        layers: vec![Layer {
+            offset: 0,
+            size: 4096,
+        }],
+        scratch: scratch.into(),
+    };
+    for ok in ["", "/dev/vdc", "/dev/disk/by-id/x"] {
+        assert!(root(ok).check().is_ok(), "{ok:?}");
+    }
+    for bad in [
+        "vdc",
+        "/dev/",
+        "/tmp/x",
+        "/dev/vdb",
+        "/dev/../etc/x",
+        "dev/vdc",
+    ] {
+        assert!(root(bad).check().is_err(), "{bad:?}");
+    }
+}

@@ -41,6 +41,11 @@ pub struct DeviceArgs {
     /// template snapshot serves every image.
     #[arg(skip)]
     pub layers: Option<Vec<PathBuf>>,
+    /// A writable scratch disk right after the layer disk (`krypton run
+    /// --scratch`): an empty ext2 filesystem for the container's upper
+    /// layer, made fresh for each run.
+    #[arg(skip)]
+    pub scratch: Option<PathBuf>,
 }
 
 /// Network options shared by `krypton boot` and `krypton run`.
@@ -76,6 +81,7 @@ impl Default for DeviceArgs {
             shares: Vec::new(),
             net: NetArgs::default(),
             layers: None,
+            scratch: None,
         }
     }
 }
@@ -206,7 +212,7 @@ pub struct Attached {
 }
 
 /// Adds every requested device to `machine`: disks first (so the first disk
-/// is vda), the layer disk, then virtio-fs shares, virtio-rng, vsock, then virtio-net.
+/// is vda), the layer disk, the scratch disk, then virtio-fs shares, virtio-rng, vsock, then virtio-net.
 pub fn add_all(machine: &mut Machine, args: &DeviceArgs) -> Result<Attached, String> {
     for d in &args.disks {
         let blk = Block::new(&d.path, d.read_only)
@@ -218,6 +224,13 @@ pub fn add_all(machine: &mut Machine, args: &DeviceArgs) -> Result<Attached, Str
     if let Some(files) = &args.layers {
         let (blk, _) =
             Block::layers(files).map_err(|e| format!("image layers: {}", one_line(&e)))?;
+        machine
+            .add_virtio_device(Box::new(blk))
+            .map_err(|e| one_line(&e))?;
+    }
+    if let Some(path) = &args.scratch {
+        let blk = Block::new(path, false)
+            .map_err(|e| format!("scratch disk {}: {}", path.display(), one_line(&e)))?;
         machine
             .add_virtio_device(Box::new(blk))
             .map_err(|e| one_line(&e))?;

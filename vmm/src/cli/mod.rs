@@ -9,6 +9,7 @@ mod image_run;
 #[cfg(target_os = "linux")]
 pub mod oci;
 mod run;
+mod scratch;
 mod snapshot;
 mod template;
 

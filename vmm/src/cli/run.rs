@@ -55,6 +55,12 @@ pub struct RunArgs {
     /// stacked under a tmpfs upper layer, instead of the default rootfs.
     #[arg(long = "layer", conflicts_with = "image")]
     pub layers: Vec<PathBuf>,
+    /// Put the container's writable layer on a fresh scratch disk of this
+    /// size (512M, 4G; k/m/g/t suffixes, binary) instead of tmpfs: an
+    /// empty ext2 filesystem made for this run and removed after it. Needs
+    /// IMAGE or --layer.
+    #[arg(long, value_name = "SIZE", value_parser = super::scratch::parse_size)]
+    pub scratch: Option<u64>,
     /// The image to run (`krypton pull`/`load` put it in the store; see
     /// `krypton images`); without one, the default busybox rootfs.
     pub image: Option<String>,
@@ -264,6 +270,17 @@ pub(super) fn make_template(args: RunArgs) -> Result<(), String> {
 }
 
 fn run_inner(args: RunArgs, template_only: bool) -> Result<u8, String> {
+    if args.scratch.is_some() && args.image.is_none() && args.layers.is_empty() {
+        return Err("--scratch needs an image root: IMAGE or --layer".into());
+    }
+    if let Some(size) = args.scratch {
+        use krypton_image::ext2::{MAX_SIZE, MIN_SIZE};
+        if !(MIN_SIZE..=MAX_SIZE).contains(&size) {
+            return Err(format!(
+                "--scratch {size} bytes is out of bounds (16M to 1T)"
+            ));
+        }
+    }
     let timeline = Timeline::default();
     let timeout = parse_timeout(args.timeout)?;
     let host = HostProfile::detect(args.boot_timeout)?;
@@ -317,6 +334,11 @@ fn run_inner(args: RunArgs, template_only: bool) -> Result<u8, String> {
         Some(r) if !template_only => image_run::from_store(r)?,
         _ => (args.layers.clone(), ImageDefaults::default()),
     };
+    // Removed (with its directory) when this returns, on every path.
+    let scratch = args
+        .scratch
+        .map(super::scratch::Scratch::create)
+        .transpose()?;
     let devices = DeviceArgs {
         disks: vec![DiskArg {
             path: rootfs,
@@ -337,15 +359,19 @@ fn run_inner(args: RunArgs, template_only: bool) -> Result<u8, String> {
             publish: args.net.publish.clone(),
         },
         layers: Some(layer_files.clone()),
+        scratch: scratch.as_ref().map(|s| s.path.clone()),
         ..DeviceArgs::default()
     };
     let image = if layer_files.is_empty() {
         None
     } else {
-        Some(image_run::image_root(
-            image_run::guest_disk(devices.disks.len())?,
-            &layer_files,
-        )?)
+        let mut root =
+            image_run::image_root(image_run::guest_disk(devices.disks.len())?, &layer_files)?;
+        if scratch.is_some() {
+            // Right after the layer disk.
+            root.scratch = image_run::guest_disk(devices.disks.len() + 1)?;
+        }
+        Some(root)
     };
     let process = if template_only {
         image_run::Process::default()

@@ -51,6 +51,19 @@ pub(super) fn identity_key(spec: &VmSpec<'_>) -> Result<u64, String> {
     // The layer disk by presence only: its size is fixed and the guest has
     // not read the layers when the template is saved.
     h.write_u8(u8::from(d.layers.is_some()));
+    // The scratch disk by presence and size only: it is made fresh (empty)
+    // for each run at a new path, and its capacity is in the device's
+    // config the guest read at boot.
+    match &d.scratch {
+        Some(p) => {
+            let len = std::fs::metadata(p)
+                .map_err(|e| format!("scratch disk {}: {e}", p.display()))?
+                .len();
+            h.write_u8(1);
+            h.write_u64(len);
+        }
+        None => h.write_u8(0),
+    }
     // Shares by tag and mode only: the guest has not mounted them when the
     // template is saved, so each run may attach other host directories.
     for s in &d.shares {
@@ -311,6 +324,53 @@ fn run_inner(cmd: SnapshotCmd) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scratch_counts_by_presence_and_size_not_path() {
+        let dir = std::env::temp_dir().join(format!("krypton-ident-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let kernel = dir.join("kernel");
+        std::fs::write(&kernel, b"not really a kernel").expect("kernel");
+        let (a, b, c) = (dir.join("a"), dir.join("b"), dir.join("c"));
+        for (p, len) in [(&a, 16u64 << 20), (&b, 16 << 20), (&c, 32 << 20)] {
+            std::fs::File::create(p)
+                .and_then(|f| f.set_len(len))
+                .expect("scratch");
+        }
+        std::fs::write(&b, b"other content").expect("write");
+        std::fs::File::options()
+            .write(true)
+            .open(&b)
+            .and_then(|f| f.set_len(16 << 20))
+            .expect("len");
+        let key = |scratch: Option<&PathBuf>| {
+            let devices = super::super::devices::DeviceArgs {
+                layers: Some(Vec::new()),
+                scratch: scratch.cloned(),
+                ..Default::default()
+            };
+            let spec = VmSpec {
+                kernel: &kernel,
+                initrd: None,
+                cmdline: None,
+                mem: 256,
+                cpus: 1,
+                serial: crate::machine::SerialOut::Null,
+                hide_cpuid: Vec::new(),
+                linux64: false,
+                devices: &devices,
+            };
+            identity_key(&spec).expect("key")
+        };
+        assert_eq!(
+            key(Some(&a)),
+            key(Some(&b)),
+            "path and content do not count"
+        );
+        assert_ne!(key(Some(&a)), key(Some(&c)), "the size counts");
+        assert_ne!(key(None), key(Some(&a)), "presence counts");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn line_watch_sees_needles_split_across_writes() {
