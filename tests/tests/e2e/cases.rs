@@ -379,11 +379,13 @@ fn host_secs() -> u64 {
 pub fn restores_are_fresh_and_cold_boot_works() -> Result<()> {
     let mut seen = Vec::new();
     for extra in [&[][..], &[][..], &["--no-snapshot"][..]] {
+        let before = host_secs();
         let (random, secs, err) = fresh_probe(extra)?;
         let now = host_secs();
+        // The guest read its clock while the run lasted.
         ensure!(
-            secs + 10 >= now && secs <= now + 1,
-            "guest clock {secs} vs host {now} ({extra:?})"
+            secs + 2 >= before && secs <= now + 1,
+            "guest clock {secs} vs host {before}..{now} ({extra:?})"
         );
         let restored = err.contains("vm restored");
         let cold = extra.contains(&"--no-snapshot");

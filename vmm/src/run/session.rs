@@ -165,12 +165,15 @@ where
             if let Some(t) = &opts.timeline {
                 t.mark("agent ready");
             }
-            if opts.restored {
-                if caps & krypton_protocol::caps::RESTORE == 0 {
-                    return Err(RunError::Handshake(
-                        "the agent cannot reseed its RNG after a snapshot restore".into(),
-                    ));
-                }
+            if opts.restored && caps & krypton_protocol::caps::RESTORE == 0 {
+                return Err(RunError::Handshake(
+                    "the agent cannot reseed its RNG after a snapshot restore".into(),
+                ));
+            }
+            // After a restore the guest's RNG and clock are the template's;
+            // after a cold boot its clock may still lag (an emulated boot
+            // runs the guest clock slow), so every VM gets both.
+            if caps & krypton_protocol::caps::RESTORE != 0 {
                 write_message_async(&mut wr, &restored_message()?).await?;
             }
         }
