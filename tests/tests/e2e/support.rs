@@ -56,7 +56,23 @@ impl Drop for Scratch {
 }
 
 /// `krypton run ARGS` with `stdin` (None: /dev/null), killed at the deadline.
+///
+/// On kvm_pvm a freshly exec'd guest process sometimes dies of SIGSEGV
+/// reading `%fs:0` (the platform's crash, README "Known limits"; no case
+/// expects status 139): such a run is repeated once, saying so.
 pub fn run(args: &[&str], stdin: Option<Vec<u8>>, env: &[(&str, &str)]) -> Result<Output> {
+    let out = run_once(args, stdin.clone(), env)?;
+    if out.status.code() == Some(139) && kernel_helpers::host_is_pvm() {
+        eprintln!(
+            "e2e: `krypton {}` ended with SIGSEGV in the guest (kvm_pvm's %fs crash); running it again once",
+            args.join(" ")
+        );
+        return run_once(args, stdin, env);
+    }
+    Ok(out)
+}
+
+fn run_once(args: &[&str], stdin: Option<Vec<u8>>, env: &[(&str, &str)]) -> Result<Output> {
     let mut cmd = Command::new(krypton()?);
     cmd.envs(env.iter().copied())
         .args(args)
