@@ -64,15 +64,28 @@ pub fn has_rust_target(target: &str) -> bool {
 /// Environment for running Windows binaries under wine quietly, with a
 /// private prefix so nothing touches the user's ~/.wine.
 pub fn wine_env() -> Vec<(String, String)> {
-    let prefix = std::env::temp_dir().join("krypton-wine");
+    let cache = crate::cache::root().unwrap_or_else(|_| std::env::temp_dir());
+    let prefix = cache.join("wine-prefix");
     vec![
         ("WINEDEBUG".into(), "-all".into()),
         ("WINEPREFIX".into(), prefix.display().to_string()),
+        ("TMPDIR".into(), windows_tmp().display().to_string()),
         (
             "CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER".into(),
             "wine".into(),
         ),
     ]
+}
+
+/// A private TMPDIR for the Windows-target builds and wine: the MinGW
+/// toolchain leaves empty `cc*` files in the temp dir. Under the cache,
+/// emptied after each Windows step.
+pub fn windows_tmp() -> PathBuf {
+    let dir = crate::cache::root()
+        .unwrap_or_else(|_| std::env::temp_dir())
+        .join("tmp-windows");
+    let _ = std::fs::create_dir_all(&dir);
+    dir
 }
 
 /// Installs whatever is missing. Idempotent and quick when all is there.

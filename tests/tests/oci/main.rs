@@ -53,5 +53,10 @@ fn main() {
             .with_ignored_flag(needs_vm && why.is_some())
         })
         .collect();
-    libtest_mimic::run(&args, trials).exit();
+    let conclusion = libtest_mimic::run(&args, trials);
+    // The shared scratch dir lives in a static: remove it before exiting.
+    if let Some(Ok(e)) = env.get() {
+        let _ = std::fs::remove_dir_all(&e.dir);
+    }
+    conclusion.exit();
 }
