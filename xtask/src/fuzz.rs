@@ -9,7 +9,7 @@ use anyhow::Result;
 use crate::cache;
 
 /// Seconds each target runs in CI.
-const SECONDS_PER_TARGET: u32 = 20;
+const SECONDS_PER_TARGET: u32 = 10;
 
 /// The cargo invocation for cargo-fuzz: nightly when installed (or
 /// installable), else the stable toolchain with RUSTC_BOOTSTRAP=1 for the
