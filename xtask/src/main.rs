@@ -17,6 +17,7 @@ mod images;
 mod kernel;
 mod setup;
 mod test;
+mod testlog;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
