@@ -199,44 +199,6 @@ fn krypton_side(krypton: &Path, share: &Path, mib: u64, ops: u64) -> Result<Vec<
     collect(child, "krypton run")
 }
 
-/// `guest/kernel/pvm-test.cpuid`'s hides as QEMU `-cpu` feature names.
-fn qemu_cpu_hides(root: &Path) -> Result<String> {
-    let path = root.join("guest/kernel/pvm-test.cpuid");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut cpu = String::from("host");
-    for line in text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
-        let name = line.split_whitespace().last().unwrap_or_default();
-        let flag = match name {
-            "CX16" => "cx16",
-            "ARCH_CAPABILITIES" => "arch-capabilities",
-            "KVM_FEATURE_PV_UNHALT" => "kvm-pv-unhalt",
-            "KVM_FEATURE_PV_SEND_IPI" => "kvm-pv-ipi",
-            "KVM_FEATURE_PV_SCHED_YIELD" => "kvm-pv-sched-yield",
-            other => bail!("{}: no QEMU name known for {other}", path.display()),
-        };
-        cpu.push_str(",-");
-        cpu.push_str(flag);
-    }
-    Ok(cpu)
-}
-
-fn pvm_cmdline(root: &Path) -> Result<String> {
-    let path = root.join("guest/kernel/pvm-test.cmdline");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect::<Vec<_>>()
-        .join(" "))
-}
-
 /// A busybox initramfs whose /init mounts the 9p share at /mnt and runs
 /// the workload there.
 fn qemu_initramfs(path: &Path, mib: u64, ops: u64) -> Result<()> {
@@ -261,7 +223,7 @@ fn qemu_initramfs(path: &Path, mib: u64, ops: u64) -> Result<()> {
 }
 
 fn qemu_side(qemu: &str, share: &Path, mib: u64, ops: u64) -> Result<Vec<String>> {
-    let root = crate::cache::workspace_root();
+    let sw = crate::pvm_kernel::switches(true)?;
     let kernel = crate::cache::root()?.join("kernel/pvm-test-latest/vmlinux");
     ensure!(
         kernel.is_file(),
@@ -272,7 +234,7 @@ fn qemu_side(qemu: &str, share: &Path, mib: u64, ops: u64) -> Result<Vec<String>
     qemu_initramfs(&initrd, mib, ops)?;
     let append = format!(
         "console=ttyS0 reboot=k panic=-1 nomodule tsc=reliable no_timer_check quiet {} rdinit=/init",
-        pvm_cmdline(&root)?
+        sw.cmdline
     );
     let fsdev = format!(
         "local,id=fs0,path={},security_model=passthrough",
@@ -290,7 +252,7 @@ fn qemu_side(qemu: &str, share: &Path, mib: u64, ops: u64) -> Result<Vec<String>
             "1",
         ])
         .arg("-cpu")
-        .arg(qemu_cpu_hides(&root)?)
+        .arg(&sw.qemu_cpu)
         .arg("-kernel")
         .arg(&kernel)
         .arg("-initrd")

@@ -232,49 +232,20 @@ fn guest_kernel() -> Result<GuestKernel> {
     if !vmlinux.is_file() {
         bail!("{} missing (cargo xtask kernel)", vmlinux.display());
     }
-    let root = crate::cache::workspace_root();
-    let words = |f: &str| -> Result<Vec<String>> {
-        let text = std::fs::read_to_string(root.join("guest/kernel").join(f))?;
-        Ok(text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(str::to_owned)
-            .collect())
-    };
+    let sw = crate::pvm_kernel::switches(pvm)?;
     let mut cmdline = String::from(
         "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd nomodule \
          tsc=reliable no_timer_check root=/dev/vda ro rootfstype=ext4 init=/init",
     );
-    let (mut hides, mut qemu_cpu) = (Vec::new(), String::from("host"));
-    if pvm {
-        for w in words("pvm-test.cmdline")? {
-            cmdline.push(' ');
-            cmdline.push_str(&w);
-        }
-        for line in words("pvm-test.cpuid")? {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let [leaf, sub, reg, bit, name] = f.as_slice() else {
-                bail!("pvm-test.cpuid: bad line {line:?}");
-            };
-            hides.push(format!("{leaf}:{sub}:{reg}:{bit}"));
-            let flag = match *name {
-                "CX16" => "cx16",
-                "ARCH_CAPABILITIES" => "arch-capabilities",
-                "KVM_FEATURE_PV_UNHALT" => "kvm-pv-unhalt",
-                "KVM_FEATURE_PV_SEND_IPI" => "kvm-pv-ipi",
-                "KVM_FEATURE_PV_SCHED_YIELD" => "kvm-pv-sched-yield",
-                other => bail!("pvm-test.cpuid: no QEMU name known for {other}"),
-            };
-            qemu_cpu.push_str(",-");
-            qemu_cpu.push_str(flag);
-        }
+    if !sw.cmdline.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(&sw.cmdline);
     }
     Ok(GuestKernel {
         vmlinux,
         cmdline,
-        hides,
-        qemu_cpu,
+        hides: sw.hides,
+        qemu_cpu: sw.qemu_cpu,
     })
 }
 

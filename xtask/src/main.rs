@@ -15,6 +15,7 @@ mod debian;
 mod fuzz;
 mod images;
 mod kernel;
+mod pvm_kernel;
 mod setup;
 mod test;
 mod testlog;
