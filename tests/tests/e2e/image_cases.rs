@@ -166,6 +166,18 @@ fn oci_layout(work: &Path, dir: &Path, layers: &[PathBuf], name: &str) -> Result
          \"rootfs\":{{\"type\":\"layers\",\"diff_ids\":[{}]}}}}",
         diff_ids.join(",")
     );
+    finish_layout(work, dir, &config, &descs, name)
+}
+
+/// Writes the config blob, the manifest over `layers` (descriptor JSON
+/// objects), `index.json` naming it `name`, and `oci-layout`.
+fn finish_layout(
+    work: &Path,
+    dir: &Path,
+    config: &str,
+    layers: &[String],
+    name: &str,
+) -> Result<()> {
     let cfg_file = work.join("config.json");
     fs::write(&cfg_file, config)?;
     let c = blob(dir, &cfg_file)?;
@@ -175,7 +187,7 @@ fn oci_layout(work: &Path, dir: &Path, layers: &[PathBuf], name: &str) -> Result
          \"layers\":[{}]}}",
         c.digest,
         c.size,
-        descs.join(",")
+        layers.join(",")
     );
     let m_file = work.join("manifest.json");
     fs::write(&m_file, manifest)?;
@@ -296,37 +308,16 @@ pub fn crafted_image_runs_with_its_config() -> Result<()> {
 fn single_layer_layout(work: &Path, dir: &Path, tar: &Path, name: &str) -> Result<()> {
     let diff_id = sha256(tar)?;
     let l = blob(dir, tar)?;
-    let cfg_file = work.join("config.json");
-    fs::write(
-        &cfg_file,
-        format!(
-            "{{\"architecture\":\"amd64\",\"os\":\"linux\",\"config\":{{\"Env\":\
-             [\"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\"],\"Cmd\":[\"bash\"]}},\
-             \"rootfs\":{{\"type\":\"layers\",\"diff_ids\":[\"sha256:{diff_id}\"]}}}}"
-        ),
-    )?;
-    let c = blob(dir, &cfg_file)?;
-    let m_file = work.join("manifest.json");
-    fs::write(
-        &m_file,
-        format!(
-            "{{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\
-             \"config\":{{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"{}\",\"size\":{}}},\
-             \"layers\":[{{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"{}\",\"size\":{}}}]}}",
-            c.digest, c.size, l.digest, l.size
-        ),
-    )?;
-    let m = blob(dir, &m_file)?;
-    fs::write(
-        dir.join("index.json"),
-        format!(
-            "{{\"schemaVersion\":2,\"manifests\":[{{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\
-             \"digest\":\"{}\",\"size\":{},\"annotations\":{{\"org.opencontainers.image.ref.name\":\"{name}\"}}}}]}}",
-            m.digest, m.size
-        ),
-    )?;
-    fs::write(dir.join("oci-layout"), "{\"imageLayoutVersion\":\"1.0.0\"}")?;
-    Ok(())
+    let config = format!(
+        "{{\"architecture\":\"amd64\",\"os\":\"linux\",\"config\":{{\"Env\":\
+         [\"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\"],\"Cmd\":[\"bash\"]}},\
+         \"rootfs\":{{\"type\":\"layers\",\"diff_ids\":[\"sha256:{diff_id}\"]}}}}"
+    );
+    let layer = format!(
+        "{{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"{}\",\"size\":{}}}",
+        l.digest, l.size
+    );
+    finish_layout(work, dir, &config, &[layer], name)
 }
 
 /// A docker-registry child on 127.0.0.1, killed on drop.
