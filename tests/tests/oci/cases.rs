@@ -384,8 +384,8 @@ pub fn rm_force(env: &Env) -> Result<()> {
 /// `podman run -it` under a PTY made by `script`.
 pub fn interactive_tty(env: &Env) -> Result<()> {
     let cmd = format!(
-        "printf 'echo typed-$((6*7)); exit 4\\n' | podman --runtime {} run -it --rm --network none {IMAGE} sh",
-        env.runtime.display()
+        "printf 'echo typed-$((6*7)); exit 4\\n' | podman {} run -it --rm --network none {IMAGE} sh",
+        env.podman_globals().join(" ")
     );
     let o = run(
         Command::new("script").args(["-qefc", &cmd, "/dev/null"]),

@@ -54,9 +54,9 @@ fn main() {
         })
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
-    // The shared scratch dir lives in a static: remove it before exiting.
+    // The shared scratch dir lives in a static: clean it before exiting.
     if let Some(Ok(e)) = env.get() {
-        let _ = std::fs::remove_dir_all(&e.dir);
+        e.clean_up();
     }
     conclusion.exit();
 }

@@ -37,6 +37,17 @@ pub fn unsupported() -> Option<String> {
     None
 }
 
+fn podman_globals(dir: &Path, runtime: &Path) -> Vec<String> {
+    vec![
+        "--root".into(),
+        dir.join("podman-root").display().to_string(),
+        "--runroot".into(),
+        dir.join("podman-run").display().to_string(),
+        "--runtime".into(),
+        runtime.display().to_string(),
+    ]
+}
+
 /// What every case uses.
 pub struct Env {
     /// The krypton binary.
@@ -85,7 +96,11 @@ impl Env {
                 60,
             )?)?;
             check(&run(
-                Command::new("podman").arg("import").arg(&tar).arg(IMAGE),
+                Command::new("podman")
+                    .args(podman_globals(&dir, &runtime))
+                    .arg("import")
+                    .arg(&tar)
+                    .arg(IMAGE),
                 120,
             )?)?;
         }
@@ -97,11 +112,24 @@ impl Env {
         })
     }
 
-    /// `podman --runtime krypton ARGS`.
+    /// podman's global options: the krypton runtime, and storage of the
+    /// suite's own in its scratch dir (no images or containers left in the
+    /// machine's store, none from an earlier run in the way).
+    pub fn podman_globals(&self) -> Vec<String> {
+        podman_globals(&self.dir, &self.runtime)
+    }
+
+    /// `podman GLOBALS ARGS`.
     pub fn podman(&self, args: &[&str], secs: u64) -> Result<Output> {
         let mut c = Command::new("podman");
-        c.arg("--runtime").arg(&self.runtime).args(args);
+        c.args(self.podman_globals()).args(args);
         run(&mut c, secs)
+    }
+
+    /// Removes every container of the suite's store, then the scratch dir.
+    pub fn clean_up(&self) {
+        let _ = self.podman(&["rm", "-a", "-f", "-t", "0"], 300);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 
     /// `krypton --root DIR/root ARGS`.
