@@ -28,9 +28,14 @@ use crate::cpio::CpioWriter;
 
 const FSBENCH_C: &str = include_str!("bench_fs/fsbench.c");
 
-/// Files in the untar tree: `DIRS` directories of `FILES` files.
-const DIRS: usize = 50;
+/// Files in the untar tree: `dirs()` directories of `FILES` files.
 const FILES: usize = 100;
+
+/// Directories in the untar tree: KRYPTON_BENCH_FS_DIRS, default 50
+/// (5,000 files).
+fn dirs() -> usize {
+    usize::try_from(env_num("KRYPTON_BENCH_FS_DIRS", 50)).unwrap_or(50)
+}
 
 /// The longest one VM side may take (the QEMU side boots cold: about two
 /// minutes here).
@@ -121,7 +126,7 @@ fn build_inputs(work: &Path) -> Result<(PathBuf, PathBuf)> {
     if tree.exists() {
         std::fs::remove_dir_all(&tree)?;
     }
-    for d in 0..DIRS {
+    for d in 0..dirs() {
         let dir = tree.join(format!("d{d}"));
         std::fs::create_dir_all(&dir)?;
         for f in 0..FILES {
@@ -335,7 +340,7 @@ pub fn run(krypton: &Path, qemu: &str) -> Result<()> {
     };
     println!(
         "== host directories: krypton virtio-fs vs qemu virtio-9p (pvm-test kernel, {mib} MiB, {ops} ops, {} files untarred) ==",
-        DIRS * FILES
+        dirs() * FILES
     );
     println!(
         "  (guest kernel emulated on kvm_pvm: absolute guest figures are slow; read the ratios)"

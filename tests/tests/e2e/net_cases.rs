@@ -152,8 +152,9 @@ pub fn bulk_unavailable() -> Option<String> {
         return None;
     }
     Some(
-        "opt-in (KRYPTON_E2E_NET_BULK=1): on this kvm_pvm host the emulated guest sends about 10 KB/s \
-         and Debian 12's passt resets the connection after 250-300 KB (seen in its --pcap capture)"
+        "opt-in (KRYPTON_E2E_NET_BULK=1): on this kvm_pvm host the emulated guest moves 0.1-0.3 MB/s \
+         and Debian 12's passt resets some of its connections after 0.3-1.3 MB (seen in its --pcap \
+         capture; `cargo xtask bench --net-only` shows the same resets with QEMU's guest)"
             .into(),
     )
 }
