@@ -5,10 +5,12 @@
 //! on a socket in a private directory (mode 0700; when we run as root,
 //! passt drops to `nobody`, so the directory is handed to `nobody`). We
 //! wait for the socket, connect once, and kill passt when the VM stops
-//! (drop). Published ports become `-t HOST:GUEST` / `-u HOST:GUEST`.
-//! The guest gets fixed addresses (`-a`, `-n`, `-g`; see
-//! [`super::guest_cmdline`]) instead of copies of the host's, and DNS
-//! queries to [`super::PASST_DNS`] go to the host's resolver.
+//! (drop); the socket directory is removed as soon as we are connected,
+//! so nothing is left behind even when we are killed. Published ports
+//! become `-t HOST:GUEST` / `-u HOST:GUEST`. The guest gets fixed
+//! addresses (`-a`, `-n`, `-g`; see [`super::guest_cmdline`]) instead of
+//! copies of the host's, and DNS queries to [`super::PASST_DNS`] go to the
+//! host's resolver.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -111,6 +113,10 @@ impl Passt {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(s) = UnixStream::connect(&sock) {
+                // Connected: passt (`-1`) takes no other client, so the
+                // socket path and its directory go now; a krypton killed
+                // later leaves nothing in the temp dir.
+                let _ = std::fs::remove_dir_all(&passt.dir);
                 return Ok((passt, s));
             }
             if let Ok(Some(status)) = passt.child.try_wait() {
@@ -127,6 +133,12 @@ impl Passt {
     /// passt's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The private socket directory (removed once connected).
+    #[cfg(test)]
+    pub fn socket_dir(&self) -> &Path {
+        &self.dir
     }
 }
 

@@ -168,6 +168,10 @@ fn passt_starts_forwards_and_stops() {
     let (p, _sock) = passt::Passt::start(&[map]).expect("passt starts");
     let pid = p.pid();
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    assert!(
+        !p.socket_dir().exists(),
+        "the socket dir is removed once connected"
+    );
     // passt listens on the published port for the guest.
     std::net::TcpStream::connect(("127.0.0.1", port)).expect("forwarded port listens");
     let e = check_host_ports(&[map]).expect_err("taken by passt");
