@@ -37,9 +37,12 @@ fn dirs() -> usize {
     usize::try_from(env_num("KRYPTON_BENCH_FS_DIRS", 50)).unwrap_or(50)
 }
 
-/// The longest one VM side may take (the QEMU side boots cold: about two
-/// minutes here).
-const SIDE_DEADLINE: Duration = Duration::from_secs(900);
+/// The longest one VM side may take: KRYPTON_BENCH_FS_DEADLINE seconds,
+/// default 1800 (the QEMU side boots cold, about two minutes here, and
+/// each file operation of the emulated guest costs tens of milliseconds).
+fn side_deadline() -> Duration {
+    Duration::from_secs(env_num("KRYPTON_BENCH_FS_DEADLINE", 1800))
+}
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -170,10 +173,11 @@ fn collect(mut child: std::process::Child, what: &str) -> Result<Vec<String>> {
                     break Ok(());
                 }
             }
-            Err(mpsc::RecvTimeoutError::Timeout) if t.elapsed() < SIDE_DEADLINE => {}
+            Err(mpsc::RecvTimeoutError::Timeout) if t.elapsed() < side_deadline() => {}
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 break Err(anyhow::anyhow!(
-                    "{what}: no result within {SIDE_DEADLINE:?}"
+                    "{what}: no result within {:?}",
+                    side_deadline()
                 ));
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
