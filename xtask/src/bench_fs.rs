@@ -252,7 +252,7 @@ fn qemu_side(qemu: &str, share: &Path, mib: u64, ops: u64) -> Result<Vec<String>
     let child = Command::new(qemu)
         .args([
             "-M",
-            "microvm,rtc=on",
+            "microvm,acpi=off,rtc=on",
             "-accel",
             "kvm",
             "-m",
@@ -324,14 +324,15 @@ pub fn run(krypton: &Path, qemu: &str) -> Result<()> {
             "krypton" => krypton_side(krypton, &share, mib, ops),
             _ => qemu_side(qemu, &share, mib, ops),
         }?;
+        let f = Figures::parse(&lines).with_context(|| format!("{name} side"))?;
         let untarred = std::fs::read_dir(share.join("untar/d0"))
             .map(Iterator::count)
             .unwrap_or(0);
         ensure!(
             untarred == FILES,
-            "{name}: {untarred} files in untar/d0 on the host, want {FILES}"
+            "{name}: {untarred} files in untar/d0 on the host, want {FILES}; the guest printed: {}",
+            lines.join("\n")
         );
-        let f = Figures::parse(&lines).with_context(|| format!("{name} side"))?;
         eprintln!(
             "bench fs: {name} side took {:.1} s",
             t.elapsed().as_secs_f64()
