@@ -334,7 +334,7 @@ pub fn run(krypton: &Path, qemu: &str) -> Result<()> {
             lines.join("\n")
         );
         eprintln!(
-            "bench fs: {name} side took {:.1} s",
+            "bench fs: {name} side took {:.1} s: {f:?}",
             t.elapsed().as_secs_f64()
         );
         results.push((name, f));
