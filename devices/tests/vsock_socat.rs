@@ -51,6 +51,33 @@ fn tempdir(tag: &str) -> TmpDir {
 
 /// Runs `socat -t 10 - UNIX-CONNECT:<sock>` with `input` on stdin; returns a
 /// thread yielding its stdout.
+/// A child killed and reaped on drop (a failed assertion leaves no socat).
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether /proc/net/unix lists a listening socket bound to `path`
+/// (flag __SO_ACCEPTCON, 0x10000).
+fn unix_listening(path: &Path) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return path.exists(); // not Linux: the file is the best sign
+    };
+    let want = path.to_string_lossy();
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let listening = f
+            .get(3)
+            .and_then(|x| u32::from_str_radix(x, 16).ok())
+            .is_some_and(|flags| flags & 0x10000 != 0);
+        listening && f.get(7).is_some_and(|p| *p == want)
+    })
+}
+
 fn socat_client(sock: &Path, input: Vec<u8>) -> std::thread::JoinHandle<Vec<u8>> {
     let mut child = Command::new("socat")
         .args(["-t", "10", "-", &format!("UNIX-CONNECT:{}", sock.display())])
@@ -144,12 +171,15 @@ fn guest_connects_to_a_socat_listener() {
             ),
         ])
         .spawn()
+        .map(Reap)
         .expect("spawn socat listener");
     let start = Instant::now();
-    while !listen_path.exists() {
+    // The socket file appears at bind(), before listen(): wait until the
+    // kernel lists it as listening, or a connect in between is refused.
+    while !unix_listening(&listen_path) {
         assert!(
             start.elapsed() < T,
-            "socat did not create {}",
+            "socat did not listen on {}",
             listen_path.display()
         );
         std::thread::sleep(Duration::from_millis(10));
@@ -164,7 +194,7 @@ fn guest_connects_to_a_socat_listener() {
     let answer = g.read_to_end(key, T);
     assert_eq!(answer, b"answer-from-socat");
     assert!(g.wait_reset(key, T));
-    let _ = server.wait();
+    let _ = server.0.wait();
     assert_eq!(
         std::fs::read(&out_path).expect("socat output"),
         payload,
