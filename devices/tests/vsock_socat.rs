@@ -49,8 +49,6 @@ fn tempdir(tag: &str) -> TmpDir {
     TmpDir(d)
 }
 
-/// Runs `socat -t 10 - UNIX-CONNECT:<sock>` with `input` on stdin; returns a
-/// thread yielding its stdout.
 /// A child killed and reaped on drop (a failed assertion leaves no socat).
 struct Reap(std::process::Child);
 
@@ -78,6 +76,8 @@ fn unix_listening(path: &Path) -> bool {
     })
 }
 
+/// Runs `socat -t 10 - UNIX-CONNECT:<sock>` with `input` on stdin; returns a
+/// thread yielding its stdout.
 fn socat_client(sock: &Path, input: Vec<u8>) -> std::thread::JoinHandle<Vec<u8>> {
     let mut child = Command::new("socat")
         .args(["-t", "10", "-", &format!("UNIX-CONNECT:{}", sock.display())])

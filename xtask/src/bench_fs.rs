@@ -162,6 +162,7 @@ fn collect(mut child: std::process::Child, what: &str) -> Result<Vec<String>> {
         }
     });
     let t = Instant::now();
+    let deadline = side_deadline();
     let mut lines = Vec::new();
     let result = loop {
         match rx.recv_timeout(Duration::from_secs(1)) {
@@ -173,12 +174,9 @@ fn collect(mut child: std::process::Child, what: &str) -> Result<Vec<String>> {
                     break Ok(());
                 }
             }
-            Err(mpsc::RecvTimeoutError::Timeout) if t.elapsed() < side_deadline() => {}
+            Err(mpsc::RecvTimeoutError::Timeout) if t.elapsed() < deadline => {}
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                break Err(anyhow::anyhow!(
-                    "{what}: no result within {:?}",
-                    side_deadline()
-                ));
+                break Err(anyhow::anyhow!("{what}: no result within {deadline:?}"));
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 break Err(anyhow::anyhow!("{what} ended before the workload did"));
